@@ -1,0 +1,69 @@
+"""The FastAPI application: routes, error handlers, request metrics, model loading at start-up."""
+
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import __version__
+from service.api.errors import install_error_handlers
+from service.api.routes import router
+from service.config import ServeConfig
+from service.metrics import Metrics
+from service.runtime import Runtime
+
+
+def create_app(config: ServeConfig, on_load_failure: Callable[[], None] | None = None) -> FastAPI:
+    metrics = Metrics()
+    runtime = Runtime(config, metrics, on_load_failure)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        runtime.start_loading()
+        yield
+        runtime.stop()
+
+    app = FastAPI(
+        title="prm-service",
+        version=__version__,
+        summary="Step-level scores from process reward models (Qwen2.5-Math-PRM family).",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.metrics = metrics
+    app.include_router(router)
+    install_error_handlers(app, metrics)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app
+
+
+class RequestMetrics:
+    """Counts and times every request by route template (never by raw path) and outcome."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = scope.get("route")
+            endpoint = route.path if route is not None else "unmatched"
+            outcome = "success" if status < 400 else scope.get("state", {}).get("error_type", str(status))
+            self.metrics.requests.labels(endpoint=endpoint, outcome=outcome).inc()
+            self.metrics.request_duration.labels(endpoint=endpoint).observe(time.perf_counter() - started)

@@ -1,0 +1,115 @@
+"""HTTP endpoints: parse, hand text to the runtime, shape the answer. No tensors here."""
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.errors import error_response
+from service.api.schemas import (
+    ErrorBody,
+    ModelCard,
+    ModelList,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    ScoreBatchResponse,
+    ScoreStepsRequest,
+    ScoreStepsResponse,
+    StepScores,
+    Usage,
+)
+from service.prm.aggregation import aggregate, rank
+from service.prm.errors import InvalidInput
+from service.prm.formatting import ScoringInput, split_steps, validate_context
+from service.runtime import Runtime
+
+ERRORS = {status: {"model": ErrorBody} for status in (401, 413, 422, 429, 500, 503)}
+
+router = APIRouter()
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+@router.post("/score_steps", responses=ERRORS)
+async def score_steps(body: ScoreStepsRequest, request: Request) -> ScoreStepsResponse | ScoreBatchResponse:
+    """Score every step of one solution, or of a batch of solutions (`items`)."""
+    runtime = _runtime(request)
+    items = body.as_items()
+    limit = runtime.config.max_items_per_request
+    if len(items) > limit:
+        raise InvalidInput("items", f"has {len(items)} entries; at most {limit} are accepted per request")
+    prefix = (lambda index: f"items[{index}]") if body.items is not None else (lambda index: "")
+    scored = await runtime.score(
+        [(prefix(i), ScoringInput(item.problem, item.steps, item.system)) for i, item in enumerate(items)]
+    )
+    usage = Usage(tokens=scored.tokens)
+    if body.items is None:
+        return ScoreStepsResponse(
+            step_scores=scored.step_scores[0], model=scored.model, model_version=scored.model_version, usage=usage
+        )
+    return ScoreBatchResponse(
+        results=[StepScores(step_scores=scores) for scores in scored.step_scores],
+        model=scored.model,
+        model_version=scored.model_version,
+        usage=usage,
+    )
+
+
+@router.post("/rerank", responses=ERRORS)
+async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
+    """Rank candidate solutions of one problem by their aggregated step scores, best first."""
+    runtime = _runtime(request)
+    limit = runtime.config.max_items_per_request
+    if len(body.candidates) > limit:
+        raise InvalidInput("candidates", f"has {len(body.candidates)} entries; at most {limit} are accepted")
+    validate_context(body.problem, body.system)
+    items = []
+    for index, candidate in enumerate(body.candidates):
+        steps = split_steps(candidate) if isinstance(candidate, str) else candidate.steps
+        if isinstance(candidate, str) and not steps:
+            raise InvalidInput(f"candidates[{index}]", "has no text between blank lines to score")
+        items.append((f"candidates[{index}]", ScoringInput(body.problem, steps, body.system)))
+    scored = await runtime.score(items)
+    solution_scores = [aggregate(scores, body.aggregation) for scores in scored.step_scores]
+    order = rank(solution_scores)[: body.top_n]
+    results = [
+        RerankResult(
+            index=index,
+            score=solution_scores[index],
+            step_scores=scored.step_scores[index] if body.return_step_scores else None,
+        )
+        for index in order
+    ]
+    return RerankResponse(
+        results=results, model=scored.model, model_version=scored.model_version, usage=Usage(tokens=scored.tokens)
+    )
+
+
+@router.get("/health")
+async def health() -> dict:
+    """200 while the process lives."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", responses={503: {"model": ErrorBody}})
+async def ready(request: Request) -> Response:
+    """200 once a model is loaded and warmed up; 503 before (or if loading failed)."""
+    runtime = _runtime(request)
+    if not runtime.ready:
+        message = runtime.load_error or "the model is still loading"
+        return error_response(request, 503, "not_ready", message, retry=True)
+    return JSONResponse({"status": "ready", "model": runtime.prm.name, "model_version": runtime.prm.version})
+
+
+@router.get("/v1/models", responses={503: {"model": ErrorBody}})
+async def models(request: Request) -> ModelList:
+    """The loaded model: name, version, family, dtype, device, maximum length."""
+    return ModelList(data=[ModelCard(**_runtime(request).describe())])
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

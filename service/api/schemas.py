@@ -1,0 +1,109 @@
+"""Request and response bodies of the HTTP contract (../shared/DESIGN.md)."""
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.prm.aggregation import Aggregation
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StepsItem(_Strict):
+    problem: str = Field(description="The math problem, as the user turn.")
+    steps: list[str] = Field(description="The solution's steps; one score comes back per step.")
+    system: str | None = Field(None, description="System prompt; defaults to the Qwen2.5-Math one.")
+
+
+class ScoreStepsRequest(_Strict):
+    """Either one solution (`problem`, `steps`) or a batch (`items`)."""
+
+    problem: str | None = None
+    steps: list[str] | None = None
+    system: str | None = None
+    items: list[StepsItem] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "ScoreStepsRequest":
+        if self.items is not None:
+            if self.problem is not None or self.steps is not None or self.system is not None:
+                raise ValueError("give either `items` or `problem` and `steps`, not both")
+        elif self.problem is None or self.steps is None:
+            raise ValueError("`problem` and `steps` are required (or `items` for a batch)")
+        return self
+
+    def as_items(self) -> list[StepsItem]:
+        if self.items is not None:
+            return self.items
+        return [StepsItem(problem=self.problem, steps=self.steps, system=self.system)]
+
+
+class Usage(BaseModel):
+    tokens: int
+
+
+class StepScores(BaseModel):
+    step_scores: list[float]
+
+
+class _Scored(BaseModel):
+    model: str
+    model_version: str
+
+
+class ScoreStepsResponse(_Scored):
+    step_scores: list[float]
+    usage: Usage
+
+
+class ScoreBatchResponse(_Scored):
+    results: list[StepScores]
+    usage: Usage
+
+
+class CandidateSteps(_Strict):
+    steps: list[str]
+
+
+class RerankRequest(_Strict):
+    problem: str
+    candidates: list[CandidateSteps | str] = Field(
+        min_length=1, description="Step lists, or raw text split into steps on blank lines."
+    )
+    aggregation: Aggregation = "product"
+    top_n: Annotated[int, Field(ge=1)] | None = None
+    return_step_scores: bool = False
+    system: str | None = None
+
+
+class RerankResult(BaseModel):
+    index: int
+    score: float
+    step_scores: list[float] | None = None
+
+
+class RerankResponse(_Scored):
+    results: list[RerankResult]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    version: str
+    family: str
+    dtype: str
+    device: str
+    max_length: int
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    type: str

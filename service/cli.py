@@ -1,0 +1,82 @@
+"""The `prm` command."""
+
+import logging
+import os
+import signal
+from typing import Annotated
+
+import typer
+
+from service.config import ServeConfig
+
+app = typer.Typer(
+    help="Process reward models: serve step scores over HTTP, and the jobs that build them.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+NO_MODEL = (
+    "No model given and no bundled default model exists yet: pass --model with a checkpoint directory "
+    "or a Hub id (e.g. --model Qwen/Qwen2.5-Math-PRM-7B), or set PRM_MODEL."
+)
+
+
+@app.callback()
+def main() -> None:
+    """Process reward models: serve step scores over HTTP, and the jobs that build them."""
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option(envvar="PRM_MODEL", help="Checkpoint directory or Hub id (Qwen2ForProcessRewardModel)."),
+    ] = None,
+    host: Annotated[str, typer.Option(envvar="PRM_HOST", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="PRM_PORT", help="Port to listen on.")] = 8000,
+    device: Annotated[str, typer.Option(envvar="PRM_DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(envvar="PRM_DTYPE", help="auto (checkpoint's on GPU, float32 on CPU), float32 or bfloat16."),
+    ] = "auto",
+    max_batch_tokens: Annotated[
+        int, typer.Option(envvar="PRM_MAX_BATCH_TOKENS", min=1, help="Token budget of one packed batch.")
+    ] = ServeConfig.max_batch_tokens,
+    max_wait_ms: Annotated[
+        float,
+        typer.Option(envvar="PRM_MAX_WAIT_MS", min=0, help="Hold a partial batch this long for more work (0: never)."),
+    ] = ServeConfig.max_wait_ms,
+    max_queue_tokens: Annotated[
+        int,
+        typer.Option(envvar="PRM_MAX_QUEUE_TOKENS", min=0, help="Queued tokens beyond which requests get 429 (0: no bound)."),
+    ] = ServeConfig.max_queue_tokens,
+    max_items_per_request: Annotated[
+        int, typer.Option(envvar="PRM_MAX_ITEMS_PER_REQUEST", min=1, help="Items or candidates one request may carry.")
+    ] = ServeConfig.max_items_per_request,
+    log_level: Annotated[str, typer.Option(envvar="PRM_LOG_LEVEL", help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve /score_steps, /rerank, /health, /ready, /metrics and /v1/models over HTTP."""
+    if not model:
+        typer.echo(NO_MODEL, err=True)
+        raise typer.Exit(2)
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise typer.BadParameter(f"{dtype!r} is not one of auto, float32, bfloat16, float16", param_hint="--dtype")
+    import uvicorn
+
+    from service.api.app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServeConfig(
+        model=model,
+        device=device,
+        dtype=dtype,
+        max_batch_tokens=max_batch_tokens,
+        max_wait_ms=max_wait_ms,
+        max_queue_tokens=max_queue_tokens,
+        max_items_per_request=max_items_per_request,
+    )
+    application = create_app(config, on_load_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
+    if application.state.runtime.load_error:
+        typer.echo(f"prm serve: could not load {model!r}: {application.state.runtime.load_error}", err=True)
+        raise typer.Exit(1)

@@ -1,0 +1,14 @@
+"""Serving options, shared by the CLI (flags and PRM_* variables) and the app factory."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str
+    device: str = "auto"
+    dtype: str = "auto"
+    max_batch_tokens: int = 16384
+    max_wait_ms: float = 0.0
+    max_queue_tokens: int = 262144
+    max_items_per_request: int = 1024

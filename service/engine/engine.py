@@ -1,0 +1,150 @@
+"""The engine: callers submit encoded sequences, one worker thread batches and scores them.
+
+The worker is the only thread that touches the model, so the device is never shared
+and the event loop never blocks on a forward pass. Results come back through
+`concurrent.futures.Future`, which asyncio code awaits with `asyncio.wrap_future`.
+"""
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from service.engine.batching import take_batch
+from service.metrics import Metrics
+from service.prm.formatting import EncodedItem
+from service.prm.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(RuntimeError):
+    """Admitting the work would exceed the queue bound; the caller should retry later."""
+
+
+class EngineStopped(RuntimeError):
+    """The engine is shutting down and takes no more work."""
+
+
+@dataclass
+class _Job:
+    """One caller's sequences; its future resolves when every sequence is scored."""
+
+    size: int
+    future: Future = field(default_factory=Future)
+    results: dict[int, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class _Work:
+    job: _Job
+    index: int
+    item: EncodedItem
+    enqueued_at: float
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+
+class Engine:
+    def __init__(
+        self,
+        scorer: Scorer,
+        metrics: Metrics,
+        max_batch_tokens: int = 16384,
+        max_wait_ms: float = 0.0,
+        max_queue_tokens: int = 0,
+    ):
+        """`max_wait_ms` > 0 holds a partial batch that long for more work; `max_queue_tokens` 0 = unbounded."""
+        self.scorer = scorer
+        self.metrics = metrics
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_ms / 1000
+        self.max_queue_tokens = max_queue_tokens
+        self._queue: deque[_Work] = deque()
+        self._queued_tokens = 0
+        self._condition = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="prm-engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, items: list[EncodedItem]) -> Future:
+        """Queue `items`; the future yields their step scores in the same order."""
+        job = _Job(size=len(items))
+        if not items:
+            job.future.set_result([])
+            return job.future
+        tokens = sum(len(item) for item in items)
+        now = time.perf_counter()
+        with self._condition:
+            if self._stopping:
+                raise EngineStopped("the engine is shutting down")
+            if self.max_queue_tokens and self._queue and self._queued_tokens + tokens > self.max_queue_tokens:
+                raise Overloaded(f"{self._queued_tokens} tokens are queued; the bound is {self.max_queue_tokens}")
+            self._queue.extend(_Work(job, index, item, now) for index, item in enumerate(items))
+            self._queued_tokens += tokens
+            self._publish_queue()
+            self._condition.notify()
+        return job.future
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish queued work, then end the worker thread."""
+        with self._condition:
+            self._stopping = True
+            self._condition.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._score(batch)
+
+    def _next_batch(self) -> list[_Work] | None:
+        with self._condition:
+            self._condition.wait_for(lambda: self._queue or self._stopping)
+            if not self._queue:
+                return None
+            if self.max_wait_s and self._queued_tokens < self.max_batch_tokens and not self._stopping:
+                deadline = self._queue[0].enqueued_at + self.max_wait_s
+                self._condition.wait_for(
+                    lambda: self._queued_tokens >= self.max_batch_tokens or self._stopping,
+                    timeout=max(0.0, deadline - time.perf_counter()),
+                )
+            batch = take_batch(self._queue, self.max_batch_tokens)
+            self._queued_tokens -= sum(len(work) for work in batch)
+            self._publish_queue()
+            return batch
+
+    def _score(self, batch: list[_Work]) -> None:
+        started = time.perf_counter()
+        for work in batch:
+            self.metrics.queue_duration.observe(started - work.enqueued_at)
+        try:
+            scores = self.scorer.score([work.item for work in batch])
+        except Exception as error:  # the worker must survive; the callers get the error
+            log.exception("scoring a batch of %d sequences failed", len(batch))
+            for work in batch:
+                if not work.job.future.done():
+                    work.job.future.set_exception(error)
+            return
+        self.metrics.inference_duration.observe(time.perf_counter() - started)
+        self.metrics.batch_sequences.observe(len(batch))
+        tokens = sum(len(work) for work in batch)
+        self.metrics.batch_tokens.observe(tokens)
+        self.metrics.tokens_scored.inc(tokens)
+        self.metrics.steps_scored.inc(sum(len(s) for s in scores))
+        for work, item_scores in zip(batch, scores, strict=True):
+            job = work.job
+            if job.future.done():  # an earlier batch of this job failed
+                continue
+            job.results[work.index] = item_scores
+            if len(job.results) == job.size:
+                job.future.set_result([job.results[index] for index in range(job.size)])
+
+    def _publish_queue(self) -> None:
+        self.metrics.queue_sequences.set(len(self._queue))
+        self.metrics.queue_tokens.set(self._queued_tokens)

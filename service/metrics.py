@@ -1,0 +1,42 @@
+"""Prometheus metrics, one registry per app so several apps can live in one process (tests)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()  # *_created series only add noise to every scrape
+
+# Millisecond-scale latency buckets, in seconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SEQUENCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+TOKEN_BUCKETS = tuple(2**power for power in range(6, 18))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("prm_requests", "HTTP requests by endpoint and outcome", ["endpoint", "outcome"], registry=r)
+        self.failures = Counter("prm_request_failures", "Failed requests by reason", ["reason"], registry=r)
+        self.request_duration = Histogram(
+            "prm_request_duration_seconds", "Request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_duration = Histogram(
+            "prm_queue_duration_seconds", "Time a sequence waits before its batch runs", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.inference_duration = Histogram(
+            "prm_inference_duration_seconds", "Forward time of one batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_sequences = Histogram(
+            "prm_batch_size_sequences", "Sequences per batch", buckets=SEQUENCE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram("prm_batch_size_tokens", "Tokens per batch", buckets=TOKEN_BUCKETS, registry=r)
+        self.queue_sequences = Gauge("prm_queue_sequences", "Sequences waiting for a batch", registry=r)
+        self.queue_tokens = Gauge("prm_queue_tokens", "Tokens waiting for a batch", registry=r)
+        self.tokens_scored = Counter("prm_tokens_scored", "Tokens run through the model", registry=r)
+        self.steps_scored = Counter("prm_steps_scored", "Steps scored", registry=r)
+        self.model_info = Gauge(
+            "prm_model_info", "The loaded model (value 1)", ["name", "version", "dtype", "device"], registry=r
+        )
+
+    def set_model(self, name: str, version: str, dtype: str, device: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name=name, version=version, dtype=dtype, device=device).set(1)

@@ -1,0 +1,43 @@
+"""Qwen2ForProcessRewardModel, implemented natively on transformers' Qwen2Model.
+
+The checkpoint's own remote code is never executed: this class reproduces its
+layout (`model.*` backbone, `score.0` Linear(H, H), ReLU, `score.2` Linear(H, 2))
+and loads the safetensors weights into it.
+"""
+
+import torch
+from torch import nn
+from transformers import Qwen2Config, Qwen2Model, Qwen2PreTrainedModel
+
+from service.prm.packing import PackedBatch
+
+NUM_LABELS = 2  # Qwen2.5-Math-PRM's config has no num_labels; the head always has two logits
+
+
+class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
+    # The head is tiny; keeping it in fp32 makes scores independent of the backbone dtype.
+    _keep_in_fp32_modules_strict = ["score"]
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__(config)
+        self.model = Qwen2Model(config)
+        hidden = config.hidden_size
+        self.score = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, NUM_LABELS))
+        self.post_init()
+
+    @torch.inference_mode()
+    def step_scores(self, batch: PackedBatch) -> torch.Tensor:
+        """Positive-class probability at every separator of a packed batch, in fp32.
+
+        The cache stays off: with one, transformers would attend across packed sequences.
+        """
+        mask_per_layer_type = {layer_type: None for layer_type in set(self.config.layer_types)}
+        hidden = self.model(
+            input_ids=batch.input_ids,
+            position_ids=batch.position_ids,
+            attention_mask=mask_per_layer_type,
+            use_cache=False,
+            packed=batch,
+        ).last_hidden_state[0]
+        logits = self.score(hidden.index_select(0, batch.separator_index).float())
+        return torch.softmax(logits, dim=-1)[:, 1]

@@ -1,0 +1,161 @@
+"""Build a Qwen2.5-Math-PRM-layout checkpoint with random weights.
+
+Used by the tests and the benchmarks (tiny on CPU, 7B-shaped on a GPU box): no
+download, yet exactly the files a Hub checkpoint has, down to the remote-code files
+the service must never execute.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen2Config
+
+from service.prm.formatting import DEFAULT_SYSTEM, STEP_SEPARATOR
+from service.prm.model import Qwen2ForProcessRewardModel
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# The ChatML template of Qwen2.5-Math (tool calls left out: a PRM never sees them).
+CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM.replace("\\", "\\\\") + "<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role != 'system' or not loop.first %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+REMOTE_CODE_FILES = ("modeling_qwen2_rm.py", "configuration_qwen2_rm.py")
+REMOTE_CODE = 'raise RuntimeError("remote checkpoint code was executed; prm-service must never do that")\n'
+
+
+def train_tokenizer(corpus: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE like Qwen's (digits split one by one) with the ChatML and step tokens."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=[STEP_SEPARATOR],
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_random_checkpoint(
+    out_dir: Path,
+    corpus: list[str],
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 4096,
+    tokenizer_vocab_size: int = 512,
+    shards: int = 2,
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 0,
+    init_std: float = 0.2,
+) -> Path:
+    """Write tokenizer, config, sharded safetensors and remote-code decoys into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(corpus, tokenizer_vocab_size)
+    tokenizer.save_pretrained(out_dir)
+    _match_hub_tokenizer_config(out_dir)
+
+    config = {
+        "architectures": ["Qwen2ForProcessRewardModel"],
+        "auto_map": {
+            "AutoConfig": "configuration_qwen2_rm.Qwen2RMConfig",
+            "AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel",
+        },
+        "attention_dropout": 0.0,
+        "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        "hidden_act": "silu",
+        "hidden_size": hidden_size,
+        "initializer_range": 0.02,
+        "intermediate_size": intermediate_size,
+        "max_position_embeddings": max_position_embeddings,
+        "max_window_layers": num_layers,
+        "model_type": "qwen2",
+        "num_attention_heads": num_heads,
+        "num_hidden_layers": num_layers,
+        "num_key_value_heads": num_kv_heads,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "sliding_window": max_position_embeddings,
+        "tie_word_embeddings": False,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "transformers_version": "4.40.1",
+        "use_cache": True,
+        "use_sliding_window": False,
+        # As in the real checkpoint, the embedding has spare rows past the tokenizer's ids.
+        "vocab_size": _round_up(len(tokenizer) + 1, 64),
+    }
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    torch.manual_seed(seed)
+    # A wider init than the real 0.02 makes every layer matter, so scores depend on the context.
+    model = Qwen2ForProcessRewardModel(Qwen2Config(**{**config, "initializer_range": init_std}))
+    with torch.no_grad():  # a wider head spreads random scores over (0, 1), so comparisons mean something
+        for layer in (model.score[0], model.score[2]):
+            layer.weight.normal_(0.0, 1.0 / hidden_size**0.5)
+            layer.bias.zero_()
+    state = {name: tensor.to(dtype).contiguous() for name, tensor in model.state_dict().items()}
+    _save_sharded(state, out_dir, shards)
+
+    for name in REMOTE_CODE_FILES:
+        (out_dir / name).write_text(REMOTE_CODE)
+    return out_dir
+
+
+def _match_hub_tokenizer_config(out_dir: Path) -> None:
+    """Name the tokenizer class and keep the chat template inside tokenizer_config.json, as the Hub files do."""
+    path = out_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "Qwen2Tokenizer"
+    config["chat_template"] = (out_dir / "chat_template.jinja").read_text()
+    (out_dir / "chat_template.jinja").unlink()
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _save_sharded(state: dict[str, torch.Tensor], out_dir: Path, shards: int) -> None:
+    names = sorted(state)
+    if shards == 1:
+        save_file(state, out_dir / "model.safetensors", metadata={"format": "pt"})
+        return
+    weight_map: dict[str, str] = {}
+    per_shard = -(-len(names) // shards)
+    for index in range(shards):
+        file_name = f"model-{index + 1:05d}-of-{shards:05d}.safetensors"
+        part = {name: state[name] for name in names[index * per_shard : (index + 1) * per_shard]}
+        save_file(part, out_dir / file_name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, file_name))
+    total_size = sum(t.numel() * t.element_size() for t in state.values())
+    index_json = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2) + "\n")
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple

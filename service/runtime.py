@@ -1,0 +1,107 @@
+"""What the HTTP layer scores with: the loaded PRM behind its engine, loaded in the background.
+
+The process answers /health while a large checkpoint loads; it reports ready only
+after one warm-up batch has gone through the engine.
+"""
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from service.config import ServeConfig
+from service.engine import Engine
+from service.metrics import Metrics
+from service.prm.formatting import EncodedItem, ScoringInput
+from service.prm.loading import FAMILY, LoadedPRM, load_prm
+from service.prm.scorer import PackedScorer
+
+log = logging.getLogger(__name__)
+
+WARMUP_ITEM = ScoringInput(problem="What is 1+1?", steps=["1+1 = 2", "The answer is \\boxed{2}."])
+
+
+class NotReady(RuntimeError):
+    """No model is loaded yet (or loading failed)."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    step_scores: list[list[float]]
+    tokens: int
+    model: str
+    model_version: str
+
+
+class Runtime:
+    def __init__(self, config: ServeConfig, metrics: Metrics, on_load_failure: Callable[[], None] | None = None):
+        self.config = config
+        self.metrics = metrics
+        self.on_load_failure = on_load_failure
+        self.prm: LoadedPRM | None = None
+        self.engine: Engine | None = None
+        self.load_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+    def start_loading(self) -> threading.Thread:
+        thread = threading.Thread(target=self._load, name="prm-loader", daemon=True)
+        thread.start()
+        return thread
+
+    def _load(self) -> None:
+        try:
+            prm = load_prm(self.config.model, device=self.config.device, dtype=self.config.dtype)
+            engine = Engine(
+                PackedScorer(prm),
+                self.metrics,
+                max_batch_tokens=self.config.max_batch_tokens,
+                max_wait_ms=self.config.max_wait_ms,
+                max_queue_tokens=self.config.max_queue_tokens,
+            )
+            engine.start()
+            engine.submit([prm.formatter.encode(WARMUP_ITEM)]).result()
+        except Exception as error:
+            self.load_error = f"{type(error).__name__}: {error}"
+            log.error("could not load model %r: %s", self.config.model, self.load_error)
+            if self.on_load_failure:
+                self.on_load_failure()
+            return
+        self.prm = prm
+        self.engine = engine
+        self.metrics.set_model(prm.name, prm.version, str(prm.dtype).removeprefix("torch."), str(prm.device))
+        log.info("serving %s (version %s) on %s, %s", prm.name, prm.version, prm.device, prm.dtype)
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+
+    def describe(self) -> dict:
+        prm = self._loaded()
+        return {
+            "id": prm.name,
+            "version": prm.version,
+            "family": FAMILY,
+            "dtype": str(prm.dtype).removeprefix("torch."),
+            "device": str(prm.device),
+            "max_length": prm.max_length,
+        }
+
+    async def score(self, items: list[tuple[str, ScoringInput]]) -> Scored:
+        """Score `(field, item)` pairs; `field` names the item in error messages."""
+        prm, engine = self._loaded(), self.engine
+        encoded = await asyncio.to_thread(_encode_all, prm, items)
+        scores = await asyncio.wrap_future(engine.submit(encoded))
+        return Scored(scores, sum(len(item) for item in encoded), prm.name, prm.version)
+
+    def _loaded(self) -> LoadedPRM:
+        if self.prm is None or self.engine is None:
+            raise NotReady(self.load_error or "the model is still loading")
+        return self.prm
+
+
+def _encode_all(prm: LoadedPRM, items: list[tuple[str, ScoringInput]]) -> list[EncodedItem]:
+    return [prm.formatter.encode(item, field) for field, item in items]

@@ -1,0 +1,87 @@
+"""Shared fixtures: a tiny checkpoint in the exact Hub layout, the reference scorer, a live server."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.prm.random_checkpoint import build_random_checkpoint
+from tests.model_card import ModelCardPRM
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def load_processbench_sample() -> list[dict]:
+    return json.loads((FIXTURES / "processbench_sample.json").read_text())
+
+
+def tokenizer_corpus() -> list[str]:
+    items = load_processbench_sample()
+    return [item["problem"] for item in items] + [step for item in items for step in item["steps"]]
+
+
+@pytest.fixture(scope="session")
+def processbench_items() -> list[dict]:
+    return load_processbench_sample()
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    return build_random_checkpoint(tmp_path_factory.mktemp("prm") / "tiny-prm", tokenizer_corpus())
+
+
+@pytest.fixture(scope="session")
+def reference(checkpoint) -> ModelCardPRM:
+    return ModelCardPRM(checkpoint)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`prm serve` in a real subprocess on loopback."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "service", "serve", "--port", str(self.port), *args]
+        self.process = subprocess.Popen(
+            command,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> "Server":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}: {self.process.stdout.read()}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("server did not become ready")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server(checkpoint):
+    server = Server("--model", str(checkpoint)).wait_ready()
+    yield server
+    server.stop()

@@ -1,0 +1,141 @@
+"""The scoring path in process: formatting, packed forward and batching against the model card."""
+
+import pytest
+import torch
+
+from service.engine import Engine
+from service.metrics import Metrics
+from service.prm.errors import InputTooLong, InvalidInput
+from service.prm.formatting import ScoringInput, split_steps
+from service.prm.loading import load_prm
+from service.prm.packing import pack
+from service.prm.scorer import PackedScorer
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def prm(checkpoint):
+    return load_prm(str(checkpoint), device="cpu", dtype="float32")
+
+
+def as_input(item: dict) -> ScoringInput:
+    return ScoringInput(item["problem"], item["steps"])
+
+
+def test_formatting_is_the_model_card_conversation(prm, reference):
+    item = ScoringInput("What is 2+3*4?", ["3*4 = 12", "2+12 = 14"])
+    text = prm.formatter.render(item)
+    assert text == (
+        "<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n"
+        "<|im_start|>user\nWhat is 2+3*4?<|im_end|>\n"
+        "<|im_start|>assistant\n3*4 = 12<extra_0>2+12 = 14<extra_0><|im_end|>\n"
+    )
+    encoded = prm.formatter.encode(item)
+    assert encoded.input_ids == reference.conversation(item.problem, item.steps)[0].tolist()
+    assert [encoded.input_ids[p] for p in encoded.separator_positions] == [prm.formatter.separator_id] * 2
+
+
+def test_custom_system_prompt_reaches_the_model(prm, reference):
+    item = ScoringInput("What is 2+3*4?", ["3*4 = 12"], system="Be terse.")
+    assert prm.formatter.render(item).startswith("<|im_start|>system\nBe terse.<|im_end|>\n")
+    scores = PackedScorer(prm).score([prm.formatter.encode(item)])[0]
+    assert scores == pytest.approx(reference.step_rewards(item.problem, item.steps, "Be terse."), abs=TOLERANCE)
+
+
+def test_packed_scores_equal_the_model_card(prm, reference, processbench_items):
+    encoded = [prm.formatter.encode(as_input(item)) for item in processbench_items]
+    scores = PackedScorer(prm).score(encoded)
+    for item, item_scores in zip(processbench_items, scores, strict=True):
+        expected = reference.step_rewards(item["problem"], item["steps"])
+        assert len(item_scores) == len(item["steps"])
+        assert item_scores == pytest.approx(expected, abs=TOLERANCE)
+    # random weights must still give scores that differ, or the comparison above proves little
+    flat = [s for item_scores in scores for s in item_scores]
+    assert max(flat) - min(flat) > 0.1
+
+
+def test_scores_do_not_depend_on_batch_composition(prm, processbench_items):
+    encoded = [prm.formatter.encode(as_input(item)) for item in processbench_items]
+    scorer = PackedScorer(prm)
+    alone = [scorer.score([item])[0] for item in encoded]
+    together = scorer.score(encoded)
+    reversed_batch = scorer.score(encoded[::-1])[::-1]
+    pairs = [scorer.score([encoded[i], encoded[-1 - i]])[0] for i in range(len(encoded))]
+    for a, b, c, d in zip(alone, together, reversed_batch, pairs, strict=True):
+        assert b == pytest.approx(a, abs=TOLERANCE)
+        assert c == pytest.approx(a, abs=TOLERANCE)
+        assert d == pytest.approx(a, abs=TOLERANCE)
+
+
+def test_packing_lays_sequences_end_to_end(prm):
+    first = prm.formatter.encode(ScoringInput("1+1?", ["2"]))
+    second = prm.formatter.encode(ScoringInput("2+2?", ["4", "so 4"]))
+    batch = pack([first, second])
+    assert batch.input_ids[0].tolist() == first.input_ids + second.input_ids
+    assert batch.position_ids[0].tolist() == list(range(len(first))) + list(range(len(second)))
+    assert batch.bounds == [(0, len(first)), (len(first), len(first) + len(second))]
+    assert batch.cu_seqlens.tolist() == [0, len(first), len(first) + len(second)]
+    assert batch.separator_counts == [1, 2]
+    assert batch.separator_index.tolist() == first.separator_positions + [
+        len(first) + p for p in second.separator_positions
+    ]
+
+
+def test_bfloat16_backbone_keeps_a_float32_head(checkpoint, reference, processbench_items):
+    prm = load_prm(str(checkpoint), device="cpu", dtype="bfloat16")
+    assert prm.model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in prm.model.score.parameters())
+    item = processbench_items[0]
+    scores = PackedScorer(prm).score([prm.formatter.encode(as_input(item))])[0]
+    assert scores == pytest.approx(reference.step_rewards(item["problem"], item["steps"]), abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("item", "field"),
+    [
+        (ScoringInput("   ", ["a"]), "problem"),
+        (ScoringInput("p", []), "steps"),
+        (ScoringInput("p", ["fine", "bad <extra_0> step"]), "steps[1]"),
+        (ScoringInput("p <extra_0>", ["a"]), "problem"),
+        (ScoringInput("p", ["a"], system="<extra_0>"), "system"),
+    ],
+)
+def test_unscorable_input_names_the_field(prm, item, field):
+    with pytest.raises(InvalidInput) as error:
+        prm.formatter.encode(item, "items[2]")
+    assert error.value.field == f"items[2].{field}"
+
+
+def test_too_long_input_is_refused_not_truncated(prm):
+    with pytest.raises(InputTooLong) as error:
+        prm.formatter.encode(ScoringInput("p", ["1 + " * 2000]))
+    assert error.value.limit == 4096
+    assert error.value.length > 4096
+    assert f"{error.value.length} tokens" in str(error.value)
+
+
+def test_split_steps_on_blank_lines():
+    assert split_steps("a\n\n  b \n\n\n\nc\nd\n\n") == ["a", "b", "c\nd"]
+    assert split_steps(" \n\n ") == []
+
+
+def test_engine_batches_under_the_token_budget_and_keeps_order(prm, processbench_items):
+    encoded = [prm.formatter.encode(as_input(item)) for item in processbench_items]
+    budget = 2 * max(len(item) for item in encoded)
+    metrics = Metrics()
+    engine = Engine(PackedScorer(prm), metrics, max_batch_tokens=budget)
+    futures = [engine.submit(encoded[:5]), engine.submit(encoded[5:])]  # queued before the worker starts
+    engine.start()
+    results = futures[0].result(timeout=30) + futures[1].result(timeout=30)
+    engine.stop()
+    expected = PackedScorer(prm).score(encoded)
+    for got, want in zip(results, expected, strict=True):
+        assert got == pytest.approx(want, abs=TOLERANCE)
+    batches = metrics.batch_sequences.collect()[0].samples
+    count = next(s.value for s in batches if s.name.endswith("_count"))
+    total = next(s.value for s in batches if s.name.endswith("_sum"))
+    assert total == len(encoded)
+    assert 1 < count < len(encoded)  # several sequences per batch, and more than one batch
+    token_sum = next(s.value for s in metrics.batch_tokens.collect()[0].samples if s.name.endswith("_sum"))
+    assert token_sum == sum(len(item) for item in encoded)
