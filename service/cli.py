@@ -1,8 +1,6 @@
 """The `prm` command."""
 
 import logging
-import os
-import signal
 from typing import Annotated
 
 import typer
@@ -48,7 +46,9 @@ def serve(
     ] = ServeConfig.max_wait_ms,
     max_queue_tokens: Annotated[
         int,
-        typer.Option(envvar="PRM_MAX_QUEUE_TOKENS", min=0, help="Queued tokens beyond which requests get 429 (0: no bound)."),
+        typer.Option(
+            envvar="PRM_MAX_QUEUE_TOKENS", min=0, help="Queued tokens beyond which requests get 429 (0: no bound)."
+        ),
     ] = ServeConfig.max_queue_tokens,
     max_items_per_request: Annotated[
         int, typer.Option(envvar="PRM_MAX_ITEMS_PER_REQUEST", min=1, help="Items or candidates one request may carry.")
@@ -75,8 +75,9 @@ def serve(
         max_queue_tokens=max_queue_tokens,
         max_items_per_request=max_items_per_request,
     )
-    application = create_app(config, on_load_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
-    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
+    application = create_app(config, on_load_failure=lambda: setattr(server, "should_exit", True))
+    server = uvicorn.Server(uvicorn.Config(application, host=host, port=port, log_level=log_level, access_log=False))
+    server.run()
     if application.state.runtime.load_error:
         typer.echo(f"prm serve: could not load {model!r}: {application.state.runtime.load_error}", err=True)
         raise typer.Exit(1)

@@ -14,13 +14,18 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("prm_requests", "HTTP requests by endpoint and outcome", ["endpoint", "outcome"], registry=r)
+        self.requests = Counter(
+            "prm_requests", "HTTP requests by endpoint and outcome", ["endpoint", "outcome"], registry=r
+        )
         self.failures = Counter("prm_request_failures", "Failed requests by reason", ["reason"], registry=r)
         self.request_duration = Histogram(
             "prm_request_duration_seconds", "Request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.queue_duration = Histogram(
-            "prm_queue_duration_seconds", "Time a sequence waits before its batch runs", buckets=LATENCY_BUCKETS, registry=r
+            "prm_queue_duration_seconds",
+            "Time a sequence waits before its batch runs",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.inference_duration = Histogram(
             "prm_inference_duration_seconds", "Forward time of one batch", buckets=LATENCY_BUCKETS, registry=r

@@ -57,7 +57,7 @@ async def score_steps(body: ScoreStepsRequest, request: Request) -> ScoreStepsRe
     )
 
 
-@router.post("/rerank", responses=ERRORS)
+@router.post("/rerank", responses=ERRORS, response_model_exclude_none=True)
 async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
     """Rank candidate solutions of one problem by their aggregated step scores, best first."""
     runtime = _runtime(request)

@@ -84,9 +84,7 @@ def validate(item: ScoringInput, field: str = "") -> None:
         raise InvalidInput(_join(field, "steps"), "must contain at least one step")
     for index, step in enumerate(item.steps):
         if STEP_SEPARATOR in step:
-            raise InvalidInput(
-                _join(field, f"steps[{index}]"), f"must not contain the step separator {STEP_SEPARATOR}"
-            )
+            raise InvalidInput(_join(field, f"steps[{index}]"), f"must not contain the step separator {STEP_SEPARATOR}")
 
 
 def validate_context(problem: str, system: str | None, field: str = "") -> None:

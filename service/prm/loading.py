@@ -6,7 +6,6 @@ Python files and pickles are never downloaded or executed.
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -1,0 +1,53 @@
+"""`prm` as a user runs it: real subprocesses."""
+
+import subprocess
+import sys
+
+import httpx
+
+from tests.conftest import Server
+
+
+def run_prm(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**environment, **(env or {})},
+    )
+
+
+def test_serve_without_a_model_says_how_to_pass_one():
+    result = run_prm("serve")
+    assert result.returncode == 2
+    assert "pass --model" in result.stderr and "PRM_MODEL" in result.stderr
+    assert result.stderr.count("\n") == 1  # one sentence, no traceback
+
+
+def test_serve_with_an_unloadable_model_exits_non_zero(tmp_path):
+    result = run_prm("serve", "--model", str(tmp_path), "--port", "0")
+    assert result.returncode == 1
+    assert f"could not load '{tmp_path}'" in result.stderr and "no config.json" in result.stderr
+
+
+def test_help_explains_every_option():
+    result = run_prm("serve", "--help")
+    assert result.returncode == 0
+    for option in ("--model", "--host", "--port", "--device", "--dtype", "--max-batch-tokens", "--max-wait-ms"):
+        assert option in result.stdout
+
+
+def test_options_come_from_prm_environment_variables(checkpoint):
+    server = Server(env={"PRM_MODEL": str(checkpoint), "PRM_DTYPE": "bfloat16", "PRM_MAX_ITEMS_PER_REQUEST": "2"})
+    try:
+        server.wait_ready()
+        assert httpx.get(f"{server.url}/v1/models").json()["data"][0]["dtype"] == "bfloat16"
+        items = [{"problem": "p", "steps": ["a"]}] * 3
+        response = httpx.post(f"{server.url}/score_steps", json={"items": items})
+        assert response.status_code == 422 and "at most 2" in response.json()["error"]
+    finally:
+        server.stop()
