@@ -38,8 +38,14 @@ def serve(
         typer.Option(envvar="PRM_DTYPE", help="auto (checkpoint's on GPU, float32 on CPU), float32 or bfloat16."),
     ] = "auto",
     max_batch_tokens: Annotated[
-        int, typer.Option(envvar="PRM_MAX_BATCH_TOKENS", min=1, help="Token budget of one packed batch.")
-    ] = ServeConfig.max_batch_tokens,
+        int | None,
+        typer.Option(
+            envvar="PRM_MAX_BATCH_TOKENS",
+            min=1,
+            help="Token budget of one packed batch [default: 2048 on CPU, 16384 on CUDA].",
+            show_default=False,
+        ),
+    ] = None,
     max_wait_ms: Annotated[
         float,
         typer.Option(envvar="PRM_MAX_WAIT_MS", min=0, help="Hold a partial batch this long for more work (0: never)."),

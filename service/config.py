@@ -8,7 +8,7 @@ class ServeConfig:
     model: str
     device: str = "auto"
     dtype: str = "auto"
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int | None = None  # None: by device, see runtime.DEFAULT_BATCH_TOKENS
     max_wait_ms: float = 0.0
     max_queue_tokens: int = 262144
     max_items_per_request: int = 1024

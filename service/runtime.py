@@ -19,6 +19,10 @@ from service.prm.scorer import PackedScorer
 
 log = logging.getLogger(__name__)
 
+# Token budget of a packed batch by device type, measured with loadtest/bench_engine.py: on CPU,
+# elementwise ops on larger rows fall out of cache; on GPU, 16k tokens keep the matmuls saturated.
+DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
+
 WARMUP_ITEM = ScoringInput(problem="What is 1+1?", steps=["1+1 = 2", "The answer is \\boxed{2}."])
 
 
@@ -58,7 +62,7 @@ class Runtime:
             engine = Engine(
                 PackedScorer(prm),
                 self.metrics,
-                max_batch_tokens=self.config.max_batch_tokens,
+                max_batch_tokens=self.config.max_batch_tokens or DEFAULT_BATCH_TOKENS.get(prm.device.type, 2048),
                 max_wait_ms=self.config.max_wait_ms,
                 max_queue_tokens=self.config.max_queue_tokens,
             )

@@ -3,8 +3,6 @@
 import pytest
 import torch
 
-from service.engine import Engine
-from service.metrics import Metrics
 from service.prm.errors import InputTooLong, InvalidInput
 from service.prm.formatting import ScoringInput, split_steps
 from service.prm.loading import load_prm
@@ -118,24 +116,3 @@ def test_too_long_input_is_refused_not_truncated(prm):
 def test_split_steps_on_blank_lines():
     assert split_steps("a\n\n  b \n\n\n\nc\nd\n\n") == ["a", "b", "c\nd"]
     assert split_steps(" \n\n ") == []
-
-
-def test_engine_batches_under_the_token_budget_and_keeps_order(prm, processbench_items):
-    encoded = [prm.formatter.encode(as_input(item)) for item in processbench_items]
-    budget = 2 * max(len(item) for item in encoded)
-    metrics = Metrics()
-    engine = Engine(PackedScorer(prm), metrics, max_batch_tokens=budget)
-    futures = [engine.submit(encoded[:5]), engine.submit(encoded[5:])]  # queued before the worker starts
-    engine.start()
-    results = futures[0].result(timeout=30) + futures[1].result(timeout=30)
-    engine.stop()
-    expected = PackedScorer(prm).score(encoded)
-    for got, want in zip(results, expected, strict=True):
-        assert got == pytest.approx(want, abs=TOLERANCE)
-    batches = metrics.batch_sequences.collect()[0].samples
-    count = next(s.value for s in batches if s.name.endswith("_count"))
-    total = next(s.value for s in batches if s.name.endswith("_sum"))
-    assert total == len(encoded)
-    assert 1 < count < len(encoded)  # several sequences per batch, and more than one batch
-    token_sum = next(s.value for s in metrics.batch_tokens.collect()[0].samples if s.name.endswith("_sum"))
-    assert token_sum == sum(len(item) for item in encoded)

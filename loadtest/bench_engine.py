@@ -1,0 +1,116 @@
+"""Engine-only throughput (no HTTP): how a batch of PRM requests is best turned into scores.
+
+Compares, on the same items and checkpoint, in one run:
+  one-at-a-time   one forward per request, as the model card does
+  padded          HF forward on padded batches in arrival order, SDPA with a padding mask
+  packed@B        the service's padding-free packed forward, batches of at most B tokens
+
+and checks that every way gives the same scores. Prints tokens/s (median of --repeats)
+and the ratio to one-at-a-time. Used to pick the default --max-batch-tokens per device.
+
+    python loadtest/bench_engine.py                        # tiny model on CPU
+    python loadtest/bench_engine.py --budgets 1024 2048 4096 8192
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from service.engine.batching import take_batch
+from service.prm.formatting import EncodedItem, ScoringInput
+from service.prm.loading import load_prm
+from service.prm.scorer import PackedScorer
+
+HERE = Path(__file__).parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=HERE / "out/bench-prm-h256-l4", help="built by bench_http.py")
+    parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared/data/processbench/gsm8k.json")
+    parser.add_argument("--items", type=int, default=96)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+    parser.add_argument("--padded-budget", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    args = parser.parse_args()
+
+    prm = load_prm(str(args.model), device=args.device, dtype=args.dtype)
+    records = json.loads(args.data.read_text())[: args.items]
+    items = [prm.formatter.encode(ScoringInput(r["problem"], r["steps"])) for r in records]
+    tokens = sum(len(item) for item in items)
+    scorer = PackedScorer(prm)
+
+    ways = {"one-at-a-time": lambda: [scorer.score([item])[0] for item in items]}
+    ways["padded"] = lambda: padded_scores(prm, items, args.padded_budget)
+    for budget in args.budgets:
+        ways[f"packed@{budget}"] = lambda budget=budget: packed_scores(scorer, items, budget)
+
+    reference = ways["one-at-a-time"]()
+    print(f"{len(items)} items, {tokens} tokens, {prm.device} {prm.dtype}, torch threads {torch.get_num_threads()}")
+    print(f"{'way':16s} {'tokens/s':>10s} {'vs one-at-a-time':>17s} {'max |diff|':>11s}")
+    baseline = None
+    for name, run in ways.items():
+        scores = run()
+        pairs = zip(scores, reference, strict=True)
+        diff = max(abs(a - b) for got, want in pairs for a, b in zip(got, want, strict=True))
+        seconds = statistics.median(timed(run) for _ in range(args.repeats))
+        rate = tokens / seconds
+        baseline = baseline or rate
+        print(f"{name:16s} {rate:10.0f} {rate / baseline:16.2f}x {diff:11.1e}", flush=True)
+
+
+def timed(run) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    run()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def packed_scores(scorer: PackedScorer, items: list[EncodedItem], budget: int) -> list[list[float]]:
+    from collections import deque
+
+    queue, scores = deque(items), []
+    while queue:
+        scores.extend(scorer.score(take_batch(queue, budget)))
+    return scores
+
+
+@torch.inference_mode()
+def padded_scores(prm, items: list[EncodedItem], budget: int) -> list[list[float]]:
+    """Arrival-order batches whose padded size (rows x longest) fits the budget, right-padded, SDPA."""
+    model = prm.model
+    model.config._attn_implementation = "sdpa"
+    try:
+        scores, start = [], 0
+        while start < len(items):
+            end = start + 1
+            while end < len(items) and (end + 1 - start) * max(len(i) for i in items[start : end + 1]) <= budget:
+                end += 1
+            batch = items[start:end]
+            width = max(len(item) for item in batch)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for row, item in enumerate(batch):
+                ids[row, : len(item)] = torch.tensor(item.input_ids)
+                mask[row, : len(item)] = 1
+            hidden = model.model(input_ids=ids.to(prm.device), attention_mask=mask.to(prm.device)).last_hidden_state
+            for row, item in enumerate(batch):
+                at = hidden[row, item.separator_positions].float()
+                scores.append(torch.softmax(model.score(at), dim=-1)[:, 1].cpu().tolist())
+            start = end
+        return scores
+    finally:
+        model.config._attn_implementation = "prm_packed"
+
+
+if __name__ == "__main__":
+    main()

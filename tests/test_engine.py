@@ -1,0 +1,89 @@
+"""The engine: token-budget batches, order, optional batch wait, and a worker that survives failures."""
+
+import time
+from collections import deque
+
+import pytest
+
+from service.engine import Engine
+from service.engine.batching import take_batch
+from service.metrics import Metrics
+from service.prm.formatting import ScoringInput
+from service.prm.loading import load_prm
+from service.prm.scorer import PackedScorer
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def prm(checkpoint):
+    return load_prm(str(checkpoint), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def encoded(prm, processbench_items):
+    return [prm.formatter.encode(ScoringInput(item["problem"], item["steps"])) for item in processbench_items]
+
+
+def sample(histogram, suffix: str) -> float:
+    return next(s.value for s in histogram.collect()[0].samples if s.name.endswith(suffix))
+
+
+def test_engine_batches_under_the_token_budget_and_keeps_order(prm, encoded):
+    budget = 2 * max(len(item) for item in encoded)
+    metrics = Metrics()
+    engine = Engine(PackedScorer(prm), metrics, max_batch_tokens=budget)
+    futures = [engine.submit(encoded[:5]), engine.submit(encoded[5:])]  # queued before the worker starts
+    engine.start()
+    results = futures[0].result(timeout=30) + futures[1].result(timeout=30)
+    engine.stop()
+    expected = PackedScorer(prm).score(encoded)
+    for got, want in zip(results, expected, strict=True):
+        assert got == pytest.approx(want, abs=TOLERANCE)
+    assert sample(metrics.batch_sequences, "_sum") == len(encoded)
+    assert 1 < sample(metrics.batch_sequences, "_count") < len(encoded)  # several per batch, several batches
+    assert sample(metrics.batch_tokens, "_sum") == sum(len(item) for item in encoded)
+
+
+def test_take_batch_fills_the_budget_in_arrival_order():
+    queue = deque(["a" * n for n in (3, 4, 2, 9, 1)])
+    assert [len(x) for x in take_batch(queue, 9)] == [3, 4, 2]
+    assert [len(x) for x in take_batch(queue, 5)] == [9]  # alone over budget: still served
+    assert [len(x) for x in take_batch(queue, 5)] == [1]
+    assert not queue
+
+
+@pytest.mark.parametrize(("wait_ms", "batches"), [(0, 2), (400, 1)])
+def test_max_wait_holds_a_partial_batch_for_more_work(prm, encoded, wait_ms, batches):
+    metrics = Metrics()
+    engine = Engine(PackedScorer(prm), metrics, max_batch_tokens=100_000, max_wait_ms=wait_ms)
+    engine.start()
+    first = engine.submit(encoded[:1])
+    time.sleep(0.15)
+    second = engine.submit(encoded[1:2])
+    first.result(timeout=30), second.result(timeout=30)
+    engine.stop()
+    assert sample(metrics.batch_sequences, "_count") == batches
+
+
+class FailsOnLongBatches:
+    """Fault injection: a backend whose forward fails for batches with more than one sequence."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+
+    def score(self, items):
+        if len(items) > 1:
+            raise RuntimeError("injected device fault")
+        return self.scorer.score(items)
+
+
+def test_a_failing_batch_fails_its_callers_and_the_worker_goes_on(prm, encoded):
+    engine = Engine(FailsOnLongBatches(PackedScorer(prm)), Metrics())
+    failing = engine.submit(encoded[:3])
+    engine.start()
+    with pytest.raises(RuntimeError, match="injected device fault"):
+        failing.result(timeout=30)
+    alone = engine.submit(encoded[3:4]).result(timeout=30)
+    engine.stop()
+    assert alone[0] == pytest.approx(PackedScorer(prm).score(encoded[3:4])[0], abs=TOLERANCE)
