@@ -84,7 +84,9 @@ def main() -> None:
                 for server, port in (("prm serve", 8101), ("baseline", 8102)):
                     if round_index == 0:
                         wrk(port, bodies[name], 3, args.connections)  # warm-up, discarded
+                        drain(port, items[name][0])
                     results[server, name].append(wrk(port, bodies[name], args.duration, args.connections))
+                    drain(port, items[name][0])
                     print(f"round {round_index + 1} {server:9s} {name}: {results[server, name][-1]}", flush=True)
         report(results, items, args)
     finally:
@@ -144,6 +146,16 @@ def max_difference(subset: list[dict]) -> float:
                 raise AssertionError(f"{item['id']}: {len(ours)} scores against {len(theirs)}")
             worst = max([worst, *(abs(a - b) for a, b in zip(ours, theirs, strict=True))])
     return worst
+
+
+def drain(port: int, item: dict) -> None:
+    """Wait until work queued by the last run is done, so it cannot steal CPU from the next run.
+
+    wrk closes its connections at the end of a run, but both servers still compute what they had
+    accepted; a request sent now is answered only after that backlog.
+    """
+    httpx.post(f"http://127.0.0.1:{port}/score_steps", json=body(item), timeout=120)
+    time.sleep(1)
 
 
 def wrk(port: int, bodies: Path, duration: int, connections: int) -> dict:

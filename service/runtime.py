@@ -51,10 +51,8 @@ class Runtime:
     def ready(self) -> bool:
         return self.engine is not None
 
-    def start_loading(self) -> threading.Thread:
-        thread = threading.Thread(target=self._load, name="prm-loader", daemon=True)
-        thread.start()
-        return thread
+    def start_loading(self) -> None:
+        threading.Thread(target=self._load, name="prm-loader", daemon=True).start()
 
     def _load(self) -> None:
         try:
@@ -76,7 +74,8 @@ class Runtime:
             return
         self.prm = prm
         self.engine = engine
-        self.metrics.set_model(prm.name, prm.version, str(prm.dtype).removeprefix("torch."), str(prm.device))
+        card = self.describe()
+        self.metrics.set_model(card["id"], card["version"], card["dtype"], card["device"])
         log.info("serving %s (version %s) on %s, %s", prm.name, prm.version, prm.device, prm.dtype)
 
     def stop(self) -> None:

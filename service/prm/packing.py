@@ -6,7 +6,7 @@ Both give each sequence exactly the attention it would get alone.
 """
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -29,20 +29,14 @@ class PackedBatch:
     separator_index: torch.Tensor  # (total_separators,) positions in the row
     separator_counts: list[int]  # separators per sequence, in order
 
-    @property
-    def num_tokens(self) -> int:
-        return self.input_ids.shape[1]
-
     def to(self, device: torch.device) -> "PackedBatch":
-        move = dict(device=device, non_blocking=True)
-        return PackedBatch(
-            self.input_ids.to(**move),
-            self.position_ids.to(**move),
-            self.bounds,
-            self.cu_seqlens.to(**move),
-            self.max_length,
-            self.separator_index.to(**move),
-            self.separator_counts,
+        """The tensors on `device`; copies from pinned memory overlap with compute."""
+        return replace(
+            self,
+            **{
+                name: getattr(self, name).to(device, non_blocking=True)
+                for name in ("input_ids", "position_ids", "cu_seqlens", "separator_index")
+            },
         )
 
 

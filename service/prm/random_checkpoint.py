@@ -159,3 +159,28 @@ def _save_sharded(state: dict[str, torch.Tensor], out_dir: Path, shards: int) ->
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+SMOKE_TEST_CORPUS = [
+    "What is 2+3*4? First, 3*4 = 12. Then 2+12 = 14. The answer is \\boxed{14}.",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+    "How many clips did Natalia sell altogether in April and May? 48/2 = 24 and 48+24 = 72.",
+    "Let x be the number of apples. Then 3x + 5 = 20, so 3x = 15 and x = 5.",
+]
+
+
+def main() -> None:
+    """`python -m service.prm.random_checkpoint DIR`: a random-weight PRM for smoke tests (scores mean nothing)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    args = parser.parse_args()
+    build_random_checkpoint(args.out_dir, SMOKE_TEST_CORPUS, hidden_size=args.hidden_size, num_layers=args.layers)
+    print(args.out_dir)
+
+
+if __name__ == "__main__":
+    main()
