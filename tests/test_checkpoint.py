@@ -32,6 +32,11 @@ def test_version_is_stable_and_follows_the_weights(tmp_path, checkpoint):
     assert load_prm(str(copy)).version == load_prm(str(checkpoint)).version
     retrained = build_random_checkpoint(tmp_path / "other", tokenizer_corpus(), seed=1)
     assert load_prm(str(retrained)).version != load_prm(str(checkpoint)).version
+    retokenized = shutil.copytree(checkpoint, tmp_path / "retokenized")
+    (retokenized / "tokenizer.json").write_text(
+        (retokenized / "tokenizer.json").read_text().replace("<|im_end|>", "<|im_stop|>")
+    )
+    assert load_prm(str(retokenized)).version != load_prm(str(checkpoint)).version
     (copy / "prm.json").write_text(json.dumps({"version": "2026-11-27.1"}))
     assert load_prm(str(copy)).version == "2026-11-27.1"
 

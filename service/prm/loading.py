@@ -121,15 +121,17 @@ def load_prm(source: str, device: str = "auto", dtype: str = "auto") -> LoadedPR
 def _local_version(path: Path) -> str:
     """`version` from prm.json if present, else a fingerprint of config and weights.
 
-    The fingerprint reads the config and the first and last MiB of each weight file:
-    cheap for a 15 GB checkpoint, and any retraining changes it.
+    The fingerprint reads the config and tokenizer files whole and the first and last MiB of
+    each weight file: cheap for a 15 GB checkpoint, and any retraining changes it.
     """
     manifest = path / "prm.json"
     if manifest.is_file():
         version = json.loads(manifest.read_text()).get("version")
         if version:
             return str(version)
-    digest = hashlib.sha256((path / "config.json").read_bytes())
+    digest = hashlib.sha256()
+    for data_file in sorted(p for pattern in ("*.json", "*.jinja", "*.txt") for p in path.glob(pattern)):
+        digest.update(f"{data_file.name}:".encode() + data_file.read_bytes())
     for weights in sorted(path.glob("*.safetensors")):
         size = weights.stat().st_size
         digest.update(f"{weights.name}:{size}".encode())
