@@ -46,7 +46,7 @@ def main() -> None:
     tokens = sum(len(item) for item in items)
     scorer = PackedScorer(prm)
 
-    ways = {"one-at-a-time": lambda: [scorer.score([item])[0] for item in items]}
+    ways = {"one-at-a-time": lambda: [scorer.score([item]).scores[0] for item in items]}
     ways["padded"] = lambda: padded_scores(prm, items, args.padded_budget)
     for budget in args.budgets:
         ways[f"packed@{budget}"] = lambda budget=budget: packed_scores(scorer, items, budget)
@@ -80,7 +80,7 @@ def packed_scores(scorer: PackedScorer, items: list[EncodedItem], budget: int) -
 
     queue, scores = deque(items), []
     while queue:
-        scores.extend(scorer.score(take_batch(queue, budget)))
+        scores.extend(scorer.score(take_batch(queue, budget)).scores)
     return scores
 
 

@@ -36,8 +36,15 @@ class Metrics:
         self.batch_tokens = Histogram("prm_batch_size_tokens", "Tokens per batch", buckets=TOKEN_BUCKETS, registry=r)
         self.queue_sequences = Gauge("prm_queue_sequences", "Sequences waiting for a batch", registry=r)
         self.queue_tokens = Gauge("prm_queue_tokens", "Tokens waiting for a batch", registry=r)
-        self.tokens_scored = Counter("prm_tokens_scored", "Tokens run through the model", registry=r)
+        self.tokens_scored = Counter(
+            "prm_tokens_scored",
+            "Tokens of the scored conversations (shared prefixes counted per conversation)",
+            registry=r,
+        )
         self.steps_scored = Counter("prm_steps_scored", "Steps scored", registry=r)
+        self.prefix_tokens_reused = Counter(
+            "prm_prefix_tokens_reused", "Tokens not recomputed because a batch shared their prefix", registry=r
+        )
         self.model_info = Gauge(
             "prm_model_info", "The loaded model (value 1)", ["name", "version", "dtype", "device"], registry=r
         )

@@ -37,7 +37,7 @@ def test_engine_batches_under_the_token_budget_and_keeps_order(prm, encoded):
     engine.start()
     results = futures[0].result(timeout=30) + futures[1].result(timeout=30)
     engine.stop()
-    expected = PackedScorer(prm).score(encoded)
+    expected = PackedScorer(prm).score(encoded).scores
     for got, want in zip(results, expected, strict=True):
         assert got == pytest.approx(want, abs=TOLERANCE)
     assert sample(metrics.batch_sequences, "_sum") == len(encoded)
@@ -86,4 +86,4 @@ def test_a_failing_batch_fails_its_callers_and_the_worker_goes_on(prm, encoded):
         failing.result(timeout=30)
     alone = engine.submit(encoded[3:4]).result(timeout=30)
     engine.stop()
-    assert alone[0] == pytest.approx(PackedScorer(prm).score(encoded[3:4])[0], abs=TOLERANCE)
+    assert alone[0] == pytest.approx(PackedScorer(prm).score(encoded[3:4]).scores[0], abs=TOLERANCE)

@@ -37,13 +37,13 @@ def test_formatting_is_the_model_card_conversation(prm, reference):
 def test_custom_system_prompt_reaches_the_model(prm, reference):
     item = ScoringInput("What is 2+3*4?", ["3*4 = 12"], system="Be terse.")
     assert prm.formatter.render(item).startswith("<|im_start|>system\nBe terse.<|im_end|>\n")
-    scores = PackedScorer(prm).score([prm.formatter.encode(item)])[0]
+    scores = PackedScorer(prm).score([prm.formatter.encode(item)]).scores[0]
     assert scores == pytest.approx(reference.step_rewards(item.problem, item.steps, "Be terse."), abs=TOLERANCE)
 
 
 def test_packed_scores_equal_the_model_card(prm, reference, processbench_items):
     encoded = [prm.formatter.encode(as_input(item)) for item in processbench_items]
-    scores = PackedScorer(prm).score(encoded)
+    scores = PackedScorer(prm).score(encoded).scores
     for item, item_scores in zip(processbench_items, scores, strict=True):
         expected = reference.step_rewards(item["problem"], item["steps"])
         assert len(item_scores) == len(item["steps"])
@@ -56,28 +56,14 @@ def test_packed_scores_equal_the_model_card(prm, reference, processbench_items):
 def test_scores_do_not_depend_on_batch_composition(prm, processbench_items):
     encoded = [prm.formatter.encode(as_input(item)) for item in processbench_items]
     scorer = PackedScorer(prm)
-    alone = [scorer.score([item])[0] for item in encoded]
-    together = scorer.score(encoded)
-    reversed_batch = scorer.score(encoded[::-1])[::-1]
-    pairs = [scorer.score([encoded[i], encoded[-1 - i]])[0] for i in range(len(encoded))]
+    alone = [scorer.score([item]).scores[0] for item in encoded]
+    together = scorer.score(encoded).scores
+    reversed_batch = scorer.score(encoded[::-1]).scores[::-1]
+    pairs = [scorer.score([encoded[i], encoded[-1 - i]]).scores[0] for i in range(len(encoded))]
     for a, b, c, d in zip(alone, together, reversed_batch, pairs, strict=True):
         assert b == pytest.approx(a, abs=TOLERANCE)
         assert c == pytest.approx(a, abs=TOLERANCE)
         assert d == pytest.approx(a, abs=TOLERANCE)
-
-
-def test_packing_lays_sequences_end_to_end(prm):
-    first = prm.formatter.encode(ScoringInput("1+1?", ["2"]))
-    second = prm.formatter.encode(ScoringInput("2+2?", ["4", "so 4"]))
-    batch = pack([first, second])
-    assert batch.input_ids[0].tolist() == first.input_ids + second.input_ids
-    assert batch.position_ids[0].tolist() == list(range(len(first))) + list(range(len(second)))
-    assert batch.bounds == [(0, len(first)), (len(first), len(first) + len(second))]
-    assert batch.cu_seqlens.tolist() == [0, len(first), len(first) + len(second)]
-    assert batch.separator_counts == [1, 2]
-    assert batch.separator_index.tolist() == first.separator_positions + [
-        len(first) + p for p in second.separator_positions
-    ]
 
 
 def test_bfloat16_backbone_keeps_a_float32_head(checkpoint, reference, processbench_items):
@@ -85,7 +71,7 @@ def test_bfloat16_backbone_keeps_a_float32_head(checkpoint, reference, processbe
     assert prm.model.model.embed_tokens.weight.dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in prm.model.score.parameters())
     item = processbench_items[0]
-    scores = PackedScorer(prm).score([prm.formatter.encode(as_input(item))])[0]
+    scores = PackedScorer(prm).score([prm.formatter.encode(as_input(item))]).scores[0]
     assert scores == pytest.approx(reference.step_rewards(item["problem"], item["steps"]), abs=0.05)
 
 

@@ -124,7 +124,7 @@ class Engine:
         for work in batch:
             self.metrics.queue_duration.observe(started - work.enqueued_at)
         try:
-            scores = self.scorer.score([work.item for work in batch])
+            scored = self.scorer.score([work.item for work in batch])
         except Exception as error:  # the worker must survive; the callers get the error
             log.exception("scoring a batch of %d sequences failed", len(batch))
             for work in batch:
@@ -136,8 +136,9 @@ class Engine:
         tokens = sum(len(work) for work in batch)
         self.metrics.batch_tokens.observe(tokens)
         self.metrics.tokens_scored.inc(tokens)
-        self.metrics.steps_scored.inc(sum(len(s) for s in scores))
-        for work, item_scores in zip(batch, scores, strict=True):
+        self.metrics.prefix_tokens_reused.inc(tokens - scored.computed_tokens)
+        self.metrics.steps_scored.inc(sum(len(s) for s in scored.scores))
+        for work, item_scores in zip(batch, scored.scores, strict=True):
             job = work.job
             if job.future.done():  # an earlier batch of this job failed
                 continue

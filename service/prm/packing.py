@@ -1,8 +1,11 @@
-"""Padding-free batches: many sequences concatenated into one row.
+"""Padding-free batches: many sequences concatenated into one row, shared prefixes computed once.
 
-Linear layers see one dense row (no padding FLOPs); attention runs per sequence,
-through `varlen_attn` on CUDA and scaled-dot-product attention per segment elsewhere.
-Both give each sequence exactly the attention it would get alone.
+Linear layers see one dense row (no padding FLOPs). Attention runs per segment: each
+sequence attends causally to its own tokens and, when it continues a prefix that other
+sequences in the batch share (the same problem and system prompt, a partial solution),
+to that prefix's keys and values, which are computed only once. Every sequence gets
+exactly the attention it would get alone. On CUDA one `varlen_attn` call covers all
+segments; elsewhere scaled-dot-product attention runs per segment with the same semantics.
 """
 
 import inspect
@@ -15,54 +18,149 @@ from transformers import AttentionInterface
 from service.prm.formatting import EncodedItem
 
 ATTENTION_NAME = "prm_packed"
+# Below this many tokens a shared prefix is not worth the extra attention bookkeeping.
+MIN_SHARED_PREFIX = 64
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Rows [start, end) attend causally to themselves, after all rows of `context` (a shared prefix)."""
+
+    start: int
+    end: int
+    context: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
 class PackedBatch:
-    """A packed row and where each sequence and separator sits in it."""
+    """A packed row, its segments, and where each item's separators sit in it."""
 
-    input_ids: torch.Tensor  # (1, total_tokens)
-    position_ids: torch.Tensor  # (1, total_tokens), restarting at 0 for every sequence
-    bounds: list[tuple[int, int]]  # [start, end) of every sequence in the row
-    cu_seqlens: torch.Tensor  # (n + 1,) int32 cumulative lengths, for varlen kernels
-    max_length: int
-    separator_index: torch.Tensor  # (total_separators,) positions in the row
-    separator_counts: list[int]  # separators per sequence, in order
+    input_ids: torch.Tensor  # (1, rows)
+    position_ids: torch.Tensor  # (1, rows): a continuation's positions go on from its prefix
+    segments: list[Segment]
+    separator_index: torch.Tensor  # rows of every item's separators, items in input order
+    separator_counts: list[int]  # separators per item, in input order
+    requested_tokens: int  # what the items would cost unshared
+    # For varlen kernels: queries are the row, segment by segment; keys/values are the rows
+    # `kv_index` gathers (each segment's context, then itself), or the row itself if None.
+    cu_seqlens_q: torch.Tensor
+    cu_seqlens_k: torch.Tensor
+    max_length_q: int
+    max_length_k: int
+    kv_index: torch.Tensor | None
+
+    @property
+    def computed_tokens(self) -> int:
+        return self.input_ids.shape[1]
 
     def to(self, device: torch.device) -> "PackedBatch":
-        """The tensors on `device`; copies from pinned memory overlap with compute."""
+        """The tensors on `device`; copies from pinned memory do not block the host."""
+        names = ("input_ids", "position_ids", "separator_index", "cu_seqlens_q", "cu_seqlens_k", "kv_index")
         return replace(
             self,
             **{
                 name: getattr(self, name).to(device, non_blocking=True)
-                for name in ("input_ids", "position_ids", "cu_seqlens", "separator_index")
+                for name in names
+                if getattr(self, name) is not None
             },
         )
 
 
-def pack(items: list[EncodedItem]) -> PackedBatch:
-    """Concatenate encoded items into one row (on the host; pinned when CUDA exists)."""
+def pack(items: list[EncodedItem], min_shared_prefix: int = MIN_SHARED_PREFIX) -> PackedBatch:
+    """Lay items out in one row, each shared prefix once (0 disables sharing)."""
     ids: list[int] = []
     positions: list[int] = []
-    separators: list[int] = []
-    bounds: list[tuple[int, int]] = []
-    for item in items:
+    segments: list[Segment] = []
+    separator_rows: list[list[int]] = [[] for _ in items]
+
+    def append(tokens: list[int], first_position: int, context: tuple[int, int] | None = None) -> int:
         start = len(ids)
-        ids.extend(item.input_ids)
-        positions.extend(range(len(item)))
-        separators.extend(start + p for p in item.separator_positions)
-        bounds.append((start, len(ids)))
-    cumulative = [0] + [end for _, end in bounds]
+        ids.extend(tokens)
+        positions.extend(range(first_position, first_position + len(tokens)))
+        segments.append(Segment(start, len(ids), context))
+        return start
+
+    for prefix_length, members in _prefix_groups(items, min_shared_prefix):
+        if len(members) == 1:
+            item = items[members[0]]
+            start = append(item.input_ids, 0)
+            separator_rows[members[0]] = [start + p for p in item.separator_positions]
+            continue
+        prefix_start = append(items[members[0]].input_ids[:prefix_length], 0)
+        context = (prefix_start, prefix_start + prefix_length)
+        for index in members:
+            item = items[index]
+            start = append(item.input_ids[prefix_length:], prefix_length, context)
+            separator_rows[index] = [
+                prefix_start + p if p < prefix_length else start + p - prefix_length for p in item.separator_positions
+            ]
+
+    query_lengths = [s.end - s.start for s in segments]
+    context_lengths = [s.context[1] - s.context[0] if s.context else 0 for s in segments]
+    key_lengths = [q + c for q, c in zip(query_lengths, context_lengths, strict=True)]
+    shared = any(context_lengths)
+    kv_rows = [row for s in segments for row in (*_rows(s.context), *range(s.start, s.end))] if shared else None
     pin = torch.cuda.is_available()
     return PackedBatch(
         input_ids=_tensor([ids], torch.long, pin),
         position_ids=_tensor([positions], torch.long, pin),
-        bounds=bounds,
-        cu_seqlens=_tensor(cumulative, torch.int32, pin),
-        max_length=max(len(item) for item in items),
-        separator_index=_tensor(separators, torch.long, pin),
+        segments=segments,
+        separator_index=_tensor([row for rows in separator_rows for row in rows], torch.long, pin),
         separator_counts=[len(item.separator_positions) for item in items],
+        requested_tokens=sum(len(item) for item in items),
+        cu_seqlens_q=_tensor(_cumulative(query_lengths), torch.int32, pin),
+        cu_seqlens_k=_tensor(_cumulative(key_lengths), torch.int32, pin),
+        max_length_q=max(query_lengths),
+        max_length_k=max(key_lengths),
+        kv_index=_tensor(kv_rows, torch.long, pin) if shared else None,
     )
+
+
+def _prefix_groups(items: list[EncodedItem], min_shared_prefix: int) -> list[tuple[int, list[int]]]:
+    """Groups of item indices with the token prefix they share (every member keeps >= 1 own token).
+
+    Sorting the token ids puts items with long common prefixes next to each other; a group
+    takes the next item while the shared prefix stays >= `min_shared_prefix` and sharing
+    with it saves at least as many tokens as the group saved before.
+    """
+    if not min_shared_prefix:
+        return [(0, [index]) for index in range(len(items))]
+    order = sorted(range(len(items)), key=lambda index: items[index].input_ids)
+    groups: list[tuple[int, list[int]]] = []
+    for index in order:
+        tokens = items[index].input_ids
+        if groups:
+            length, members = groups[-1]
+            head = items[members[0]].input_ids
+            if len(members) == 1:
+                length = len(head) - 1
+            shared = min(length, len(tokens) - 1, _common_prefix(head, tokens))
+            if shared >= min_shared_prefix and len(members) * shared >= (len(members) - 1) * length:
+                groups[-1] = (shared, [*members, index])
+                continue
+        groups.append((0, [index]))
+    return groups
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    length = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+def _rows(span: tuple[int, int] | None) -> range:
+    return range(*span) if span else range(0)
+
+
+def _cumulative(lengths: list[int]) -> list[int]:
+    total, out = 0, [0]
+    for length in lengths:
+        total += length
+        out.append(total)
+    return out
 
 
 def _tensor(data: list, dtype: torch.dtype, pin: bool) -> torch.Tensor:
@@ -81,35 +179,50 @@ def packed_attention(
     packed: PackedBatch | None = None,
     **_: object,
 ) -> tuple[torch.Tensor, None]:
-    """Causal attention within each packed sequence; (1, heads, T, d) in, (1, T, heads, d) out."""
+    """Attention within each packed segment; (1, heads, rows, d) in, (1, rows, heads, d) out."""
     if packed is None:
         raise RuntimeError(f"the {ATTENTION_NAME} attention needs a PackedBatch passed as `packed=`")
     if query.is_cuda and _varlen_attn is not None:
-        out = _varlen_attn(
-            query[0].transpose(0, 1),
-            key[0].transpose(0, 1),
-            value[0].transpose(0, 1),
-            packed.cu_seqlens,
-            packed.cu_seqlens,
-            packed.max_length,
-            packed.max_length,
-            scale=scaling,
-            enable_gqa=True,
-            **_VARLEN_CAUSAL,
+        return _varlen(query, key, value, scaling, packed), None
+    outputs = []
+    for segment in packed.segments:
+        own = slice(segment.start, segment.end)
+        if segment.context is None:
+            k, v, mask, causal = key[:, :, own], value[:, :, own], None, True
+        else:
+            prefix = slice(*segment.context)
+            k = torch.cat([key[:, :, prefix], key[:, :, own]], dim=2)
+            v = torch.cat([value[:, :, prefix], value[:, :, own]], dim=2)
+            context = segment.context[1] - segment.context[0]
+            mask = torch.ones(segment.end - segment.start, k.shape[2], dtype=torch.bool, device=query.device)
+            mask, causal = mask.tril(diagonal=context), False
+        outputs.append(
+            F.scaled_dot_product_attention(
+                query[:, :, own], k, v, attn_mask=mask, is_causal=causal, scale=scaling, enable_gqa=True
+            )
         )
-        return out.unsqueeze(0), None
-    outputs = [
-        F.scaled_dot_product_attention(
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            is_causal=True,
-            scale=scaling,
-            enable_gqa=True,
-        )
-        for start, end in packed.bounds
-    ]
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _varlen(query, key, value, scaling: float, packed: PackedBatch) -> torch.Tensor:
+    """One flash varlen call; with seqlen_k > seqlen_q its causal mask is bottom-right aligned,
+    so a continuation sees its whole prefix."""
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (rows, heads, d)
+    if packed.kv_index is not None:
+        k, v = k.index_select(0, packed.kv_index), v.index_select(0, packed.kv_index)
+    out = _varlen_attn(
+        q,
+        k,
+        v,
+        packed.cu_seqlens_q,
+        packed.cu_seqlens_k,
+        packed.max_length_q,
+        packed.max_length_k,
+        scale=scaling,
+        enable_gqa=True,
+        **_VARLEN_CAUSAL,
+    )
+    return out.unsqueeze(0)
 
 
 def _load_varlen() -> tuple[object | None, dict]:

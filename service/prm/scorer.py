@@ -4,6 +4,7 @@ A backend takes encoded sequences and returns one list of step scores per sequen
 a vLLM-backed scorer can sit behind the same `Scorer` protocol.
 """
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from service.prm.formatting import EncodedItem
@@ -11,21 +12,27 @@ from service.prm.loading import LoadedPRM
 from service.prm.packing import pack
 
 
+@dataclass(frozen=True)
+class ScoredBatch:
+    scores: list[list[float]]  # per item, in input order
+    computed_tokens: int  # tokens run through the model; fewer than requested when prefixes are shared
+
+
 class Scorer(Protocol):
-    def score(self, items: list[EncodedItem]) -> list[list[float]]: ...
+    def score(self, items: list[EncodedItem]) -> ScoredBatch: ...
 
 
 class PackedScorer:
-    """Scores a batch as one padding-free packed forward; one device-to-host copy per batch."""
+    """Scores a batch as one padding-free packed forward with shared prefixes; one device-to-host copy."""
 
     def __init__(self, prm: LoadedPRM):
         self.prm = prm
 
-    def score(self, items: list[EncodedItem]) -> list[list[float]]:
+    def score(self, items: list[EncodedItem]) -> ScoredBatch:
         batch = pack(items).to(self.prm.device)
         flat = self.prm.model.step_scores(batch).cpu().tolist()
         scores, start = [], 0
         for count in batch.separator_counts:
             scores.append(flat[start : start + count])
             start += count
-        return scores
+        return ScoredBatch(scores, batch.computed_tokens)
