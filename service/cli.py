@@ -59,6 +59,14 @@ def serve(
     max_items_per_request: Annotated[
         int, typer.Option(envvar="PRM_MAX_ITEMS_PER_REQUEST", min=1, help="Items or candidates one request may carry.")
     ] = ServeConfig.max_items_per_request,
+    min_shared_prefix: Annotated[
+        int,
+        typer.Option(
+            envvar="PRM_MIN_SHARED_PREFIX",
+            min=0,
+            help="Compute a token prefix shared by sequences of one batch once, if at least this long (0: off).",
+        ),
+    ] = ServeConfig.min_shared_prefix,
     log_level: Annotated[str, typer.Option(envvar="PRM_LOG_LEVEL", help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve /score_steps, /rerank, /health, /ready, /metrics and /v1/models over HTTP."""
@@ -80,6 +88,7 @@ def serve(
         max_wait_ms=max_wait_ms,
         max_queue_tokens=max_queue_tokens,
         max_items_per_request=max_items_per_request,
+        min_shared_prefix=min_shared_prefix,
     )
     application = create_app(config, on_load_failure=lambda: setattr(server, "should_exit", True))
     server = uvicorn.Server(uvicorn.Config(application, host=host, port=port, log_level=log_level, access_log=False))

@@ -58,7 +58,7 @@ class Runtime:
         try:
             prm = load_prm(self.config.model, device=self.config.device, dtype=self.config.dtype)
             engine = Engine(
-                PackedScorer(prm),
+                PackedScorer(prm, self.config.min_shared_prefix),
                 self.metrics,
                 max_batch_tokens=self.config.max_batch_tokens or DEFAULT_BATCH_TOKENS.get(prm.device.type, 2048),
                 max_wait_ms=self.config.max_wait_ms,

@@ -210,3 +210,22 @@ def test_not_ready_until_a_model_is_loaded(tmp_path):
         assert "no config.json" in ready.json()["error"]
         scored = client.post("/score_steps", json={"problem": "p", "steps": ["a"]})
         assert scored.status_code == 503 and scored.json()["type"] == "not_ready"
+
+
+def test_rerank_candidates_share_the_problem_prefix(server, reference, processbench_items):
+    problem = processbench_items[7]["problem"]  # long enough to be worth sharing
+    candidates = [item["steps"] for item in processbench_items[:4]]
+    before = metric_values(server).get("prm_prefix_tokens_reused_total", 0)
+    response = post(server, "/rerank", {"problem": problem, "candidates": [{"steps": s} for s in candidates]})
+    reused = metric_values(server)["prm_prefix_tokens_reused_total"] - before
+    assert reused >= 3 * 64  # three of the four candidates reuse the first one's prefix
+    for result in response.json()["results"]:
+        expected = math.prod(reference.step_rewards(problem, candidates[result["index"]]))
+        assert result["score"] == pytest.approx(expected, abs=TOLERANCE)
+
+
+def test_serve_config_default_matches_the_packing_default():
+    from service.config import ServeConfig
+    from service.prm.packing import MIN_SHARED_PREFIX
+
+    assert ServeConfig.min_shared_prefix == MIN_SHARED_PREFIX

@@ -72,10 +72,10 @@ class FailsOnLongBatches:
     def __init__(self, scorer):
         self.scorer = scorer
 
-    def score(self, items):
+    def launch(self, items):
         if len(items) > 1:
             raise RuntimeError("injected device fault")
-        return self.scorer.score(items)
+        return self.scorer.launch(items)
 
 
 def test_a_failing_batch_fails_its_callers_and_the_worker_goes_on(prm, encoded):
@@ -87,3 +87,31 @@ def test_a_failing_batch_fails_its_callers_and_the_worker_goes_on(prm, encoded):
     alone = engine.submit(encoded[3:4]).result(timeout=30)
     engine.stop()
     assert alone[0] == pytest.approx(PackedScorer(prm).score(encoded[3:4]).scores[0], abs=TOLERANCE)
+
+
+class FailsWhenCollected:
+    """Fault injection: the error surfaces when the result is collected, as an asynchronous CUDA error does."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+        self.launches = 0
+
+    def launch(self, items):
+        self.launches += 1
+        if self.launches == 1:
+
+            def broken():
+                raise RuntimeError("injected asynchronous fault")
+
+            return broken
+        return self.scorer.launch(items)
+
+
+def test_a_fault_at_collection_fails_only_that_batch(prm, encoded):
+    engine = Engine(FailsWhenCollected(PackedScorer(prm)), Metrics(), max_batch_tokens=1)
+    first, second = engine.submit(encoded[:1]), engine.submit(encoded[1:2])  # one batch each
+    engine.start()
+    with pytest.raises(RuntimeError, match="asynchronous"):
+        first.result(timeout=30)
+    assert second.result(timeout=30)[0] == pytest.approx(PackedScorer(prm).score(encoded[1:2]).scores[0], abs=TOLERANCE)
+    engine.stop()

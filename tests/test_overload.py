@@ -12,7 +12,7 @@ from tests.conftest import Server
 
 
 class NeverCalled:
-    def score(self, items):
+    def launch(self, items):
         raise AssertionError("nothing should be scored")
 
 

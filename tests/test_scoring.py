@@ -6,7 +6,6 @@ import torch
 from service.prm.errors import InputTooLong, InvalidInput
 from service.prm.formatting import ScoringInput, split_steps
 from service.prm.loading import load_prm
-from service.prm.packing import pack
 from service.prm.scorer import PackedScorer
 
 TOLERANCE = 1e-5

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from service.engine.batching import take_batch
 from service.metrics import Metrics
 from service.prm.formatting import EncodedItem
-from service.prm.scorer import Scorer
+from service.prm.scorer import Pending, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +100,25 @@ class Engine:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            self._score(batch)
+        """Launch the next batch before collecting the one in flight, so the device never waits for the host."""
+        in_flight = None
+        while True:
+            batch = self._next_batch(wait=in_flight is None)
+            if batch is None and in_flight is None:
+                return
+            launched = self._launch(batch) if batch else None
+            if in_flight is not None:
+                self._finish(*in_flight)
+            in_flight = launched
 
-    def _next_batch(self) -> list[_Work] | None:
+    def _next_batch(self, wait: bool) -> list[_Work] | None:
+        """The next batch; None when the engine stops, or at once when `wait` is off and nothing is queued."""
         with self._condition:
-            self._condition.wait_for(lambda: self._queue or self._stopping)
+            if wait:
+                self._condition.wait_for(lambda: self._queue or self._stopping)
             if not self._queue:
                 return None
-            if self.max_wait_s and self._queued_tokens < self.max_batch_tokens and not self._stopping:
+            if wait and self.max_wait_s and self._queued_tokens < self.max_batch_tokens and not self._stopping:
                 deadline = self._queue[0].enqueued_at + self.max_wait_s
                 self._condition.wait_for(
                     lambda: self._queued_tokens >= self.max_batch_tokens or self._stopping,
@@ -119,17 +129,21 @@ class Engine:
             self._publish_queue()
             return batch
 
-    def _score(self, batch: list[_Work]) -> None:
+    def _launch(self, batch: list[_Work]) -> tuple[list[_Work], Pending, float] | None:
         started = time.perf_counter()
         for work in batch:
             self.metrics.queue_duration.observe(started - work.enqueued_at)
         try:
-            scored = self.scorer.score([work.item for work in batch])
+            return batch, self.scorer.launch([work.item for work in batch]), started
         except Exception as error:  # the worker must survive; the callers get the error
-            log.exception("scoring a batch of %d sequences failed", len(batch))
-            for work in batch:
-                if not work.job.future.done():
-                    work.job.future.set_exception(error)
+            self._fail(batch, error)
+            return None
+
+    def _finish(self, batch: list[_Work], pending: Pending, started: float) -> None:
+        try:
+            scored = pending()
+        except Exception as error:
+            self._fail(batch, error)
             return
         self.metrics.inference_duration.observe(time.perf_counter() - started)
         self.metrics.batch_sequences.observe(len(batch))
@@ -145,6 +159,12 @@ class Engine:
             job.results[work.index] = item_scores
             if len(job.results) == job.size:
                 job.future.set_result([job.results[index] for index in range(job.size)])
+
+    def _fail(self, batch: list[_Work], error: Exception) -> None:
+        log.error("scoring a batch of %d sequences failed: %r", len(batch), error)
+        for work in batch:
+            if not work.job.future.done():
+                work.job.future.set_exception(error)
 
     def _publish_queue(self) -> None:
         self.metrics.queue_sequences.set(len(self._queue))
