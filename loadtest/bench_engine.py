@@ -14,11 +14,10 @@ and the ratio to one-at-a-time. Used to pick the default --max-batch-tokens per 
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from common import median_seconds
 
 from service.engine.batching import take_batch
 from service.prm.formatting import EncodedItem, ScoringInput
@@ -59,20 +58,10 @@ def main() -> None:
         scores = run()
         pairs = zip(scores, reference, strict=True)
         diff = max(abs(a - b) for got, want in pairs for a, b in zip(got, want, strict=True))
-        seconds = statistics.median(timed(run) for _ in range(args.repeats))
+        seconds = median_seconds(run, args.repeats)
         rate = tokens / seconds
         baseline = baseline or rate
         print(f"{name:16s} {rate:10.0f} {rate / baseline:16.2f}x {diff:11.1e}", flush=True)
-
-
-def timed(run) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    run()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
 
 
 def packed_scores(scorer: PackedScorer, items: list[EncodedItem], budget: int) -> list[list[float]]:
@@ -88,7 +77,7 @@ def packed_scores(scorer: PackedScorer, items: list[EncodedItem], budget: int) -
 def padded_scores(prm, items: list[EncodedItem], budget: int) -> list[list[float]]:
     """Arrival-order batches whose padded size (rows x longest) fits the budget, right-padded, SDPA."""
     model = prm.model
-    model.config._attn_implementation = "sdpa"
+    model.set_attn_implementation("sdpa")
     try:
         scores, start = [], 0
         while start < len(items):
@@ -109,7 +98,7 @@ def padded_scores(prm, items: list[EncodedItem], budget: int) -> list[list[float
             start = end
         return scores
     finally:
-        model.config._attn_implementation = "prm_packed"
+        model.set_attn_implementation("prm_packed")
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 import httpx
+from common import ROOT, start_prm_serve, wait_ready
 
 from service.prm.random_checkpoint import build_random_checkpoint
 
 HERE = Path(__file__).parent
-ROOT = HERE.parent
 
 
 def main() -> None:
@@ -51,27 +51,14 @@ def main() -> None:
         bodies[name].write_text("".join(json.dumps(body(item)) + "\n" for item in subset))
 
     servers = {
-        "prm serve": start(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "serve",
-                "--model",
-                str(checkpoint),
-                "--port",
-                "8101",
-                "--log-level",
-                "warning",
-                *args.serve_args.split(),
-            ],
-            8101,
+        "prm serve": start_prm_serve(checkpoint, 8101, *args.serve_args.split()),
+        "baseline": subprocess.Popen(
+            [sys.executable, str(HERE / "baseline_server.py"), str(checkpoint), "--port", "8102"]
         ),
-        "baseline": start([sys.executable, str(HERE / "baseline_server.py"), str(checkpoint), "--port", "8102"], 8102),
     }
     try:
-        for port in (8101, 8102):
-            wait_ready(port)
+        for port, process in zip((8101, 8102), servers.values(), strict=True):
+            wait_ready(port, process)
         for name, subset in items.items():
             print(
                 f"{name}: max |score difference| prm serve vs baseline over {len(subset)} items: "
@@ -118,22 +105,6 @@ def build_checkpoint(args, corpus: list[str]) -> Path:
             tokenizer_vocab_size=4096,
         )
     return path
-
-
-def start(command: list[str], port: int) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait_ready(port: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"server on port {port} did not become ready")
 
 
 def max_difference(subset: list[dict]) -> float:

@@ -71,12 +71,18 @@ def build_random_checkpoint(
     intermediate_size: int = 128,
     max_position_embeddings: int = 4096,
     tokenizer_vocab_size: int = 512,
+    vocab_size: int | None = None,
     shards: int = 2,
     dtype: torch.dtype = torch.bfloat16,
     seed: int = 0,
     init_std: float = 0.2,
+    device: str = "cpu",
 ) -> Path:
-    """Write tokenizer, config, sharded safetensors and remote-code decoys into `out_dir`."""
+    """Write tokenizer, config, sharded safetensors and remote-code decoys into `out_dir`.
+
+    `vocab_size` defaults to the tokenizer's size rounded up (the real checkpoint also has spare rows);
+    `device` is where the random weights are drawn: "cuda" makes a 7B-shaped model in seconds.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(corpus, tokenizer_vocab_size)
@@ -111,18 +117,20 @@ def build_random_checkpoint(
         "use_cache": True,
         "use_sliding_window": False,
         # As in the real checkpoint, the embedding has spare rows past the tokenizer's ids.
-        "vocab_size": _round_up(len(tokenizer) + 1, 64),
+        "vocab_size": vocab_size or _round_up(len(tokenizer) + 1, 64),
     }
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     torch.manual_seed(seed)
     # A wider init than the real 0.02 makes every layer matter, so scores depend on the context.
-    model = Qwen2ForProcessRewardModel(Qwen2Config(**{**config, "initializer_range": init_std}))
+    with torch.device(device):
+        model = Qwen2ForProcessRewardModel(Qwen2Config(**{**config, "initializer_range": init_std}))
     with torch.no_grad():  # a wider head spreads random scores over (0, 1), so comparisons mean something
         for layer in (model.score[0], model.score[2]):
             layer.weight.normal_(0.0, 1.0 / hidden_size**0.5)
             layer.bias.zero_()
-    state = {name: tensor.to(dtype).contiguous() for name, tensor in model.state_dict().items()}
+    state = {name: tensor.to("cpu", dtype).contiguous() for name, tensor in model.state_dict().items()}
+    del model
     _save_sharded(state, out_dir, shards)
 
     for name in REMOTE_CODE_FILES:
