@@ -100,3 +100,43 @@ def test_mixed_batch_with_groups_and_singletons_in_any_order(prm, processbench_i
     _, reversed_shared, _ = scores_three_ways(prm, items[::-1])
     for a, s in zip(alone[::-1], reversed_shared, strict=True):
         assert s == pytest.approx(a, abs=TOLERANCE)
+
+
+def reference_varlen_attn(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, scale, enable_gqa=False, **causal):
+    """FlashAttention's documented varlen semantics, on the CPU: per sequence, causal aligned bottom-right."""
+    import torch
+    import torch.nn.functional as F
+
+    outputs = []
+    for i in range(len(cu_seq_q) - 1):
+        qi = q[cu_seq_q[i] : cu_seq_q[i + 1]].transpose(0, 1)
+        ki = k[cu_seq_k[i] : cu_seq_k[i + 1]].transpose(0, 1)
+        vi = v[cu_seq_k[i] : cu_seq_k[i + 1]].transpose(0, 1)
+        n, m = qi.shape[1], ki.shape[1]
+        mask = torch.ones(n, m, dtype=torch.bool).tril(diagonal=m - n)
+        outputs.append(F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=scale, enable_gqa=enable_gqa))
+    return torch.cat(outputs, dim=1).transpose(0, 1)
+
+
+@pytest.mark.parametrize("gqa", [True, False])
+def test_cuda_varlen_layout_matches_the_per_segment_path(prm, processbench_items, monkeypatch, gqa):
+    """The CUDA branch's gathered keys and cumulative lengths, checked on the CPU against the kernel's semantics."""
+    import torch
+
+    from service.prm import packing
+
+    monkeypatch.setattr(packing, "_varlen_attn", reference_varlen_attn)
+    monkeypatch.setattr(packing, "_VARLEN_OPTIONS", {"enable_gqa": True} if gqa else {})
+    monkeypatch.setattr(packing, "_VARLEN_GQA", gqa)
+    problem = processbench_items[7]["problem"]
+    items = [prm.formatter.encode(ScoringInput(problem, item["steps"])) for item in processbench_items[:5]]
+    items.append(prm.formatter.encode(ScoringInput(processbench_items[8]["problem"], ["a"])))
+    batch = pack(items)
+    assert batch.kv_index is not None
+    rows, heads, kv_heads, dim = batch.computed_tokens, 4, 2, 16
+    torch.manual_seed(0)
+    query = torch.randn(1, heads, rows, dim)
+    key, value = torch.randn(1, kv_heads, rows, dim), torch.randn(1, kv_heads, rows, dim)
+    expected, _ = packing.packed_attention(None, query, key, value, None, 0.25, packed=batch)
+    got = packing._varlen(query, key, value, 0.25, batch)
+    assert torch.allclose(got, expected, atol=1e-5)

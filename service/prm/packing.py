@@ -210,6 +210,8 @@ def _varlen(query, key, value, scaling: float, packed: PackedBatch) -> torch.Ten
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (rows, heads, d)
     if packed.kv_index is not None:
         k, v = k.index_select(0, packed.kv_index), v.index_select(0, packed.kv_index)
+    if not _VARLEN_GQA and k.shape[1] != q.shape[1]:
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
     out = _varlen_attn(
         q,
         k,
@@ -219,22 +221,24 @@ def _varlen(query, key, value, scaling: float, packed: PackedBatch) -> torch.Ten
         packed.max_length_q,
         packed.max_length_k,
         scale=scaling,
-        enable_gqa=True,
-        **_VARLEN_CAUSAL,
+        **_VARLEN_OPTIONS,
     )
     return out.unsqueeze(0)
 
 
-def _load_varlen() -> tuple[object | None, dict]:
-    """torch's flash varlen kernel, and how this torch version asks it to be causal."""
+def _load_varlen() -> tuple[object | None, dict, bool]:
+    """torch's flash varlen kernel (torch >= 2.10) and the keywords this version takes for causal and GQA."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
-        return None, {}
+        return None, {}, False
     parameters = inspect.signature(varlen_attn).parameters
-    causal = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
-    return varlen_attn, causal
+    options = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
+    gqa = "enable_gqa" in parameters
+    if gqa:
+        options["enable_gqa"] = True
+    return varlen_attn, options, gqa
 
 
-_varlen_attn, _VARLEN_CAUSAL = _load_varlen()
+_varlen_attn, _VARLEN_OPTIONS, _VARLEN_GQA = _load_varlen()
 AttentionInterface.register(ATTENTION_NAME, packed_attention)
