@@ -59,6 +59,15 @@ def serve(
     max_items_per_request: Annotated[
         int, typer.Option(envvar="PRM_MAX_ITEMS_PER_REQUEST", min=1, help="Items or candidates one request may carry.")
     ] = ServeConfig.max_items_per_request,
+    request_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="PRM_REQUEST_TIMEOUT",
+            min=0,
+            help="Seconds a request's work may wait to start before it is dropped with 504 (0: no deadline); "
+            "a client can set its own with the X-Request-Timeout header.",
+        ),
+    ] = ServeConfig.request_timeout,
     min_shared_prefix: Annotated[
         int,
         typer.Option(
@@ -89,10 +98,11 @@ def serve(
         max_queue_tokens=max_queue_tokens,
         max_items_per_request=max_items_per_request,
         min_shared_prefix=min_shared_prefix,
+        request_timeout=request_timeout,
     )
-    application = create_app(config, on_load_failure=lambda: setattr(server, "should_exit", True))
+    application = create_app(config, on_fatal=lambda: setattr(server, "should_exit", True))
     server = uvicorn.Server(uvicorn.Config(application, host=host, port=port, log_level=log_level, access_log=False))
     server.run()
-    if application.state.runtime.load_error:
-        typer.echo(f"prm serve: could not load {model!r}: {application.state.runtime.load_error}", err=True)
+    if application.state.runtime.fatal_error:
+        typer.echo(f"prm serve: {application.state.runtime.fatal_error}", err=True)
         raise typer.Exit(1)

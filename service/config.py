@@ -12,4 +12,5 @@ class ServeConfig:
     max_wait_ms: float = 0.0
     max_queue_tokens: int = 262144
     max_items_per_request: int = 1024
+    request_timeout: float = 0.0  # seconds a request's work may wait to start; 0: no deadline
     min_shared_prefix: int = 64  # tokens (service.prm.packing.MIN_SHARED_PREFIX); 0 turns sharing off

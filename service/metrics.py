@@ -45,6 +45,12 @@ class Metrics:
         self.prefix_tokens_reused = Counter(
             "prm_prefix_tokens_reused", "Tokens not recomputed because a batch shared their prefix", registry=r
         )
+        self.dropped_sequences = Counter(
+            "prm_dropped_sequences", "Queued sequences dropped unscored, by reason", ["reason"], registry=r
+        )
+        self.oom_splits = Counter(
+            "prm_oom_splits", "Batches split in two after running out of device memory", registry=r
+        )
         self.model_info = Gauge(
             "prm_model_info", "The loaded model (value 1)", ["name", "version", "dtype", "device"], registry=r
         )

@@ -39,17 +39,18 @@ class Scored:
 
 
 class Runtime:
-    def __init__(self, config: ServeConfig, metrics: Metrics, on_load_failure: Callable[[], None] | None = None):
+    def __init__(self, config: ServeConfig, metrics: Metrics, on_fatal: Callable[[], None] | None = None):
+        """`on_fatal` runs when serving cannot go on (the model failed to load, the worker died)."""
         self.config = config
         self.metrics = metrics
-        self.on_load_failure = on_load_failure
+        self.on_fatal = on_fatal
         self.prm: LoadedPRM | None = None
         self.engine: Engine | None = None
-        self.load_error: str | None = None
+        self.fatal_error: str | None = None
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None
+        return self.engine is not None and self.engine.alive
 
     def start_loading(self) -> None:
         threading.Thread(target=self._load, name="prm-loader", daemon=True).start()
@@ -63,20 +64,24 @@ class Runtime:
                 max_batch_tokens=self.config.max_batch_tokens or DEFAULT_BATCH_TOKENS.get(prm.device.type, 2048),
                 max_wait_ms=self.config.max_wait_ms,
                 max_queue_tokens=self.config.max_queue_tokens,
+                on_worker_death=lambda error: self._fatal(f"the engine worker died: {error!r}"),
             )
             engine.start()
             engine.submit([prm.formatter.encode(WARMUP_ITEM)]).result()
         except Exception as error:
-            self.load_error = f"{type(error).__name__}: {error}"
-            log.error("could not load model %r: %s", self.config.model, self.load_error)
-            if self.on_load_failure:
-                self.on_load_failure()
+            self._fatal(f"could not load {self.config.model!r}: {type(error).__name__}: {error}")
             return
         self.prm = prm
         self.engine = engine
         card = self.describe()
         self.metrics.set_model(card["id"], card["version"], card["dtype"], card["device"])
         log.info("serving %s (version %s) on %s, %s", prm.name, prm.version, prm.device, prm.dtype)
+
+    def _fatal(self, message: str) -> None:
+        self.fatal_error = message
+        log.critical(message)
+        if self.on_fatal:
+            self.on_fatal()
 
     def stop(self) -> None:
         if self.engine is not None:
@@ -93,16 +98,19 @@ class Runtime:
             "max_length": prm.max_length,
         }
 
-    async def score(self, items: list[tuple[str, ScoringInput]]) -> Scored:
-        """Score `(field, item)` pairs; `field` names the item in error messages."""
+    async def score(self, items: list[tuple[str, ScoringInput]], timeout: float | None = None) -> Scored:
+        """Score `(field, item)` pairs; `field` names the item in error messages.
+
+        Work not started within `timeout` seconds is dropped; cancelling this coroutine drops queued work.
+        """
         prm, engine = self._loaded(), self.engine
         encoded = await asyncio.to_thread(_encode_all, prm, items)
-        scores = await asyncio.wrap_future(engine.submit(encoded))
+        scores = await asyncio.wrap_future(engine.submit(encoded, timeout))
         return Scored(scores, sum(len(item) for item in encoded), prm.name, prm.version)
 
     def _loaded(self) -> LoadedPRM:
         if self.prm is None or self.engine is None:
-            raise NotReady(self.load_error or "the model is still loading")
+            raise NotReady(self.fatal_error or "the model is still loading")
         return self.prm
 
 

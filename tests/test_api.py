@@ -203,7 +203,7 @@ def test_not_ready_until_a_model_is_loaded(tmp_path):
     with TestClient(app) as client:
         assert client.get("/health").status_code == 200
         deadline = time.monotonic() + 30
-        while app.state.runtime.load_error is None and time.monotonic() < deadline:
+        while app.state.runtime.fatal_error is None and time.monotonic() < deadline:
             time.sleep(0.05)
         ready = client.get("/ready")
         assert ready.status_code == 503 and ready.headers["Retry-After"] == "1"

@@ -15,9 +15,9 @@ from service.metrics import Metrics
 from service.runtime import Runtime
 
 
-def create_app(config: ServeConfig, on_load_failure: Callable[[], None] | None = None) -> FastAPI:
+def create_app(config: ServeConfig, on_fatal: Callable[[], None] | None = None) -> FastAPI:
     metrics = Metrics()
-    runtime = Runtime(config, metrics, on_load_failure)
+    runtime = Runtime(config, metrics, on_fatal)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

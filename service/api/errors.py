@@ -7,14 +7,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service.engine import EngineStopped, Overloaded
+from service.engine import DeadlineExceeded, EngineStopped, Overloaded
 from service.metrics import Metrics
-from service.prm.errors import InputTooLong, InvalidInput
+from service.prm.errors import DeviceOutOfMemory, InputTooLong, InvalidInput
 from service.runtime import NotReady
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "1"
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before its answer was ready; its queued work was dropped."""
 
 
 def error_response(request: Request, status: int, kind: str, message: str, retry: bool = False) -> JSONResponse:
@@ -61,4 +65,8 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     app.add_exception_handler(Overloaded, handler(429, "overloaded", retry=True))
     app.add_exception_handler(NotReady, handler(503, "not_ready", retry=True))
     app.add_exception_handler(EngineStopped, handler(503, "shutting_down", retry=True))
+    app.add_exception_handler(DeadlineExceeded, handler(504, "deadline_exceeded"))
+    app.add_exception_handler(DeviceOutOfMemory, handler(507, "device_out_of_memory"))
+    # nginx's "client closed request": nobody reads it, but logs and metrics show what happened
+    app.add_exception_handler(ClientDisconnected, handler(499, "client_disconnected"))
     app.add_exception_handler(Exception, bug)

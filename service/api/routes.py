@@ -1,10 +1,12 @@
 """HTTP endpoints: parse, hand text to the runtime, shape the answer. No tensors here."""
 
+import asyncio
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.errors import error_response
+from service.api.errors import ClientDisconnected, error_response
 from service.api.schemas import (
     ErrorBody,
     ModelCard,
@@ -21,15 +23,52 @@ from service.api.schemas import (
 from service.prm.aggregation import aggregate, rank
 from service.prm.errors import InvalidInput
 from service.prm.formatting import ScoringInput, split_steps, validate_context
-from service.runtime import Runtime
+from service.runtime import Runtime, Scored
 
-ERRORS = {status: {"model": ErrorBody} for status in (401, 413, 422, 429, 500, 503)}
+ERRORS = {status: {"model": ErrorBody} for status in (401, 413, 422, 429, 500, 503, 504, 507)}
 
 router = APIRouter()
 
 
+TIMEOUT_HEADER = "X-Request-Timeout"
+DISCONNECT_POLL_SECONDS = 0.1
+
+
 def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
+
+
+def _timeout(request: Request) -> float | None:
+    """Seconds the request's work may wait to start: the header if given, else --request-timeout (0: none)."""
+    header = request.headers.get(TIMEOUT_HEADER)
+    if header is None:
+        return _runtime(request).config.request_timeout or None
+    try:
+        seconds = float(header)
+    except ValueError:
+        seconds = float("nan")
+    if not (0 < seconds < float("inf")):
+        raise InvalidInput(TIMEOUT_HEADER, f"must be a positive number of seconds, not {header!r}")
+    return seconds
+
+
+async def _score(request: Request, items: list[tuple[str, ScoringInput]]) -> Scored:
+    """Score, dropping the queued work if the client goes away first."""
+    scoring = asyncio.ensure_future(_runtime(request).score(items, _timeout(request)))
+    watching = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({scoring, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+    if scoring.done():
+        return scoring.result()
+    scoring.cancel()
+    raise ClientDisconnected("the client disconnected before its scores were ready")
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_SECONDS)
 
 
 @router.post("/score_steps", responses=ERRORS)
@@ -41,8 +80,8 @@ async def score_steps(body: ScoreStepsRequest, request: Request) -> ScoreStepsRe
     if len(items) > limit:
         raise InvalidInput("items", f"has {len(items)} entries; at most {limit} are accepted per request")
     prefix = (lambda index: f"items[{index}]") if body.items is not None else (lambda index: "")
-    scored = await runtime.score(
-        [(prefix(i), ScoringInput(item.problem, item.steps, item.system)) for i, item in enumerate(items)]
+    scored = await _score(
+        request, [(prefix(i), ScoringInput(item.problem, item.steps, item.system)) for i, item in enumerate(items)]
     )
     usage = Usage(tokens=scored.tokens)
     if body.items is None:
@@ -71,7 +110,7 @@ async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
         if isinstance(candidate, str) and not steps:
             raise InvalidInput(f"candidates[{index}]", "has no text between blank lines to score")
         items.append((f"candidates[{index}]", ScoringInput(body.problem, steps, body.system)))
-    scored = await runtime.score(items)
+    scored = await _score(request, items)
     solution_scores = [aggregate(scores, body.aggregation) for scores in scored.step_scores]
     order = rank(solution_scores)[: body.top_n]
     results = [
@@ -98,7 +137,7 @@ async def ready(request: Request) -> Response:
     """200 once a model is loaded and warmed up; 503 before (or if loading failed)."""
     runtime = _runtime(request)
     if not runtime.ready:
-        message = runtime.load_error or "the model is still loading"
+        message = runtime.fatal_error or "the model is still loading"
         return error_response(request, 503, "not_ready", message, retry=True)
     return JSONResponse({"status": "ready", "model": runtime.prm.name, "model_version": runtime.prm.version})
 

@@ -9,11 +9,13 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from service.engine.batching import take_batch
 from service.metrics import Metrics
+from service.prm.errors import DeviceOutOfMemory
 from service.prm.formatting import EncodedItem
 from service.prm.scorer import Pending, Scorer
 
@@ -25,7 +27,11 @@ class Overloaded(RuntimeError):
 
 
 class EngineStopped(RuntimeError):
-    """The engine is shutting down and takes no more work."""
+    """The engine is shutting down (or its worker died) and takes no more work."""
+
+
+class DeadlineExceeded(RuntimeError):
+    """The work had not started when the caller's deadline passed, so it was dropped."""
 
 
 @dataclass
@@ -43,6 +49,7 @@ class _Work:
     index: int
     item: EncodedItem
     enqueued_at: float
+    deadline: float | None  # perf_counter time after which unstarted work is dropped
 
     def __len__(self) -> int:
         return len(self.item)
@@ -56,24 +63,40 @@ class Engine:
         max_batch_tokens: int = 16384,
         max_wait_ms: float = 0.0,
         max_queue_tokens: int = 0,
+        on_worker_death: Callable[[BaseException], None] | None = None,
     ):
-        """`max_wait_ms` > 0 holds a partial batch that long for more work; `max_queue_tokens` 0 = unbounded."""
+        """`max_wait_ms` > 0 holds a partial batch that long for more work; `max_queue_tokens` 0 = unbounded.
+
+        `on_worker_death` is called if the worker thread ever dies (a bug), so the process can stop
+        reporting ready and exit rather than hang with a dead worker.
+        """
         self.scorer = scorer
         self.metrics = metrics
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue_tokens = max_queue_tokens
         self._queue: deque[_Work] = deque()
+        self._taken: list[_Work] = []  # out of the queue, not yet answered: failed too if the worker dies
         self._queued_tokens = 0
         self._condition = threading.Condition()
         self._stopping = False
+        self.on_worker_death = on_worker_death
+        self.worker_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="prm-engine", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, items: list[EncodedItem]) -> Future:
-        """Queue `items`; the future yields their step scores in the same order."""
+    @property
+    def alive(self) -> bool:
+        return self.worker_error is None
+
+    def submit(self, items: list[EncodedItem], timeout: float | None = None) -> Future:
+        """Queue `items`; the future yields their step scores in the same order.
+
+        Work not started within `timeout` seconds is dropped with `DeadlineExceeded`; cancelling
+        the future (the client went away) drops the work that has not started.
+        """
         job = _Job(size=len(items))
         if not items:
             job.future.set_result([])
@@ -81,11 +104,12 @@ class Engine:
         tokens = sum(len(item) for item in items)
         now = time.perf_counter()
         with self._condition:
-            if self._stopping:
+            if self._stopping or self.worker_error is not None:
                 raise EngineStopped("the engine is shutting down")
             if self.max_queue_tokens and self._queue and self._queued_tokens + tokens > self.max_queue_tokens:
                 raise Overloaded(f"{self._queued_tokens} tokens are queued; the bound is {self.max_queue_tokens}")
-            self._queue.extend(_Work(job, index, item, now) for index, item in enumerate(items))
+            deadline = now + timeout if timeout else None
+            self._queue.extend(_Work(job, index, item, now, deadline) for index, item in enumerate(items))
             self._queued_tokens += tokens
             self._publish_queue()
             self._condition.notify()
@@ -100,12 +124,28 @@ class Engine:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as error:  # a bug: never let the worker vanish silently
+            log.critical("the engine worker died", exc_info=error)
+            died = EngineStopped(f"the engine worker died: {error!r}")
+            with self._condition:
+                self.worker_error = error
+                for work in [*self._queue, *self._taken]:
+                    if not work.job.future.done():
+                        work.job.future.set_exception(died)
+                self._queue.clear()
+            if self.on_worker_death:
+                self.on_worker_death(error)
+
+    def _loop(self) -> None:
         """Launch the next batch before collecting the one in flight, so the device never waits for the host."""
         in_flight = None
         while True:
             batch = self._next_batch(wait=in_flight is None)
             if batch is None and in_flight is None:
                 return
+            self._taken = [*(batch or []), *(in_flight[0] if in_flight else [])]
             launched = self._launch(batch) if batch else None
             if in_flight is not None:
                 self._finish(*in_flight)
@@ -116,6 +156,7 @@ class Engine:
         with self._condition:
             if wait:
                 self._condition.wait_for(lambda: self._queue or self._stopping)
+            self._drop_abandoned()
             if not self._queue:
                 return None
             if wait and self.max_wait_s and self._queued_tokens < self.max_batch_tokens and not self._stopping:
@@ -129,15 +170,50 @@ class Engine:
             self._publish_queue()
             return batch
 
+    def _drop_abandoned(self) -> None:
+        """Remove work whose caller went away or whose deadline passed; it is never computed."""
+        now = time.perf_counter()
+        kept: deque[_Work] = deque()
+        for work in self._queue:
+            future = work.job.future
+            if future.cancelled():
+                self.metrics.dropped_sequences.labels(reason="client_disconnected").inc()
+            elif work.deadline is not None and now > work.deadline:
+                self.metrics.dropped_sequences.labels(reason="deadline_exceeded").inc()
+                if not future.done():
+                    future.set_exception(DeadlineExceeded("the request's deadline passed before its work started"))
+            elif not future.done():
+                kept.append(work)
+                continue
+            self._queued_tokens -= len(work)
+        if len(kept) != len(self._queue):
+            self._queue = kept
+            self._publish_queue()
+
     def _launch(self, batch: list[_Work]) -> tuple[list[_Work], Pending, float] | None:
         started = time.perf_counter()
         for work in batch:
             self.metrics.queue_duration.observe(started - work.enqueued_at)
         try:
             return batch, self.scorer.launch([work.item for work in batch]), started
+        except DeviceOutOfMemory as error:
+            self._split_after_oom(batch, error)
         except Exception as error:  # the worker must survive; the callers get the error
             self._fail(batch, error)
-            return None
+        return None
+
+    def _split_after_oom(self, batch: list[_Work], error: DeviceOutOfMemory) -> None:
+        """Retry the halves of a batch that did not fit; a sequence that alone does not fit fails."""
+        if len(batch) == 1:
+            message = f"a sequence of {len(batch[0])} tokens alone does not fit in device memory"
+            self._fail(batch, DeviceOutOfMemory(message))
+            return
+        self.metrics.oom_splits.inc()
+        log.warning("out of memory on a batch of %d sequences; retrying its halves: %s", len(batch), error)
+        middle = len(batch) // 2
+        for part in (batch[:middle], batch[middle:]):
+            if (launched := self._launch(part)) is not None:
+                self._finish(*launched)
 
     def _finish(self, batch: list[_Work], pending: Pending, started: float) -> None:
         try:
@@ -160,7 +236,7 @@ class Engine:
             if len(job.results) == job.size:
                 job.future.set_result([job.results[index] for index in range(job.size)])
 
-    def _fail(self, batch: list[_Work], error: Exception) -> None:
+    def _fail(self, batch: list[_Work], error: BaseException) -> None:
         log.error("scoring a batch of %d sequences failed: %r", len(batch), error)
         for work in batch:
             if not work.job.future.done():

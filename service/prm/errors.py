@@ -24,3 +24,7 @@ class InputTooLong(InvalidInput):
         )
         self.length = length
         self.limit = limit
+
+
+class DeviceOutOfMemory(RuntimeError):
+    """A batch did not fit in device memory; the engine retries smaller batches (HTTP 507 if one item alone)."""

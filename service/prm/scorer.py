@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 
+from service.prm.errors import DeviceOutOfMemory
 from service.prm.formatting import EncodedItem
 from service.prm.loading import LoadedPRM
 from service.prm.packing import MIN_SHARED_PREFIX, pack
@@ -39,7 +40,11 @@ class PackedScorer:
 
     def launch(self, items: list[EncodedItem]) -> Pending:
         batch = pack(items, self.min_shared_prefix).to(self.prm.device)
-        probabilities = self.prm.model.step_scores(batch).to("cpu", non_blocking=True)
+        try:
+            probabilities = self.prm.model.step_scores(batch).to("cpu", non_blocking=True)
+        except torch.OutOfMemoryError as error:
+            torch.cuda.empty_cache()
+            raise DeviceOutOfMemory(str(error)) from error
         done = torch.cuda.Event() if probabilities.is_pinned() else None
         if done is not None:
             done.record()
