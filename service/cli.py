@@ -1,6 +1,8 @@
 """The `prm` command."""
 
 import logging
+import re
+import signal
 from typing import Annotated
 
 import typer
@@ -76,6 +78,45 @@ def serve(
             help="Compute a token prefix shared by sequences of one batch once, if at least this long (0: off).",
         ),
     ] = ServeConfig.min_shared_prefix,
+    max_concurrent_requests: Annotated[
+        int,
+        typer.Option(
+            envvar="PRM_MAX_CONCURRENT_REQUESTS",
+            min=0,
+            help="Scoring requests in flight beyond which 429 (0: no bound).",
+        ),
+    ] = ServeConfig.max_concurrent_requests,
+    max_body_bytes: Annotated[
+        int, typer.Option(envvar="PRM_MAX_BODY_BYTES", min=1, help="Largest request body accepted (413 beyond).")
+    ] = ServeConfig.max_body_bytes,
+    max_steps_per_item: Annotated[
+        int, typer.Option(envvar="PRM_MAX_STEPS_PER_ITEM", min=1, help="Most steps in one solution (413 beyond).")
+    ] = ServeConfig.max_steps_per_item,
+    max_step_chars: Annotated[
+        int, typer.Option(envvar="PRM_MAX_STEP_CHARS", min=1, help="Most characters in one step (413 beyond).")
+    ] = ServeConfig.max_step_chars,
+    max_problem_chars: Annotated[
+        int, typer.Option(envvar="PRM_MAX_PROBLEM_CHARS", min=1, help="Most characters in a problem (413 beyond).")
+    ] = ServeConfig.max_problem_chars,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="PRM_API_KEYS",
+            help="Bearer key for the scoring routes; repeat it, or give several in PRM_API_KEYS separated by "
+            "commas or spaces (prefer the variable: command lines are visible to other users).",
+        ),
+    ] = None,
+    admin_key: Annotated[
+        list[str] | None,
+        typer.Option(envvar="PRM_ADMIN_KEYS", help="Bearer key for /admin/* (it also passes as an API key)."),
+    ] = None,
+    protect_metrics: Annotated[
+        bool, typer.Option(envvar="PRM_PROTECT_METRICS", help="Require an API key for /metrics too.")
+    ] = False,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(envvar="PRM_DRAIN_TIMEOUT", min=0, help="Seconds to finish admitted requests after SIGTERM."),
+    ] = ServeConfig.drain_timeout,
     log_level: Annotated[str, typer.Option(envvar="PRM_LOG_LEVEL", help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve /score_steps, /rerank, /health, /ready, /metrics and /v1/models over HTTP."""
@@ -99,10 +140,48 @@ def serve(
         max_items_per_request=max_items_per_request,
         min_shared_prefix=min_shared_prefix,
         request_timeout=request_timeout,
+        max_concurrent_requests=max_concurrent_requests,
+        max_body_bytes=max_body_bytes,
+        max_steps_per_item=max_steps_per_item,
+        max_step_chars=max_step_chars,
+        max_problem_chars=max_problem_chars,
+        api_keys=_keys(api_key),
+        admin_keys=_keys(admin_key),
+        protect_metrics=protect_metrics,
+        drain_timeout=drain_timeout,
     )
     application = create_app(config, on_fatal=lambda: setattr(server, "should_exit", True))
-    server = uvicorn.Server(uvicorn.Config(application, host=host, port=port, log_level=log_level, access_log=False))
+    server = _server_class()(
+        uvicorn.Config(
+            application,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            timeout_graceful_shutdown=drain_timeout,
+        )
+    )
+    # uvicorn re-raises the signal that stopped it once it is done; a graceful drain then exits 0.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda *_: None)
     server.run()
     if application.state.runtime.fatal_error:
         typer.echo(f"prm serve: {application.state.runtime.fatal_error}", err=True)
         raise typer.Exit(1)
+
+
+def _keys(values: list[str] | None) -> tuple[str, ...]:
+    return tuple(key for value in values or () for key in re.split(r"[,\s]+", value) if key)
+
+
+def _server_class():
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT: readiness turns 503 at once, then uvicorn stops accepting and drains."""
+
+        def handle_exit(self, sig, frame) -> None:
+            self.config.app.state.runtime.draining = True
+            super().handle_exit(sig, frame)
+
+    return DrainingServer

@@ -14,3 +14,12 @@ class ServeConfig:
     max_items_per_request: int = 1024
     request_timeout: float = 0.0  # seconds a request's work may wait to start; 0: no deadline
     min_shared_prefix: int = 64  # tokens (service.prm.packing.MIN_SHARED_PREFIX); 0 turns sharing off
+    max_concurrent_requests: int = 512  # scoring requests in flight; beyond: 429 at once (0: unbounded)
+    max_body_bytes: int = 16 * 2**20
+    max_steps_per_item: int = 1024
+    max_step_chars: int = 32768
+    max_problem_chars: int = 65536
+    api_keys: tuple[str, ...] = ()  # Bearer keys for the scoring routes; none: open
+    admin_keys: tuple[str, ...] = ()  # Bearer keys for /admin/*; they also pass as API keys
+    protect_metrics: bool = False  # /metrics needs a key too
+    drain_timeout: float = 30.0  # seconds to finish admitted requests after SIGTERM

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.config import ServeConfig
-from service.engine import Engine
+from service.engine import Engine, EngineStopped
 from service.metrics import Metrics
 from service.prm.formatting import EncodedItem, ScoringInput
 from service.prm.loading import FAMILY, LoadedPRM, load_prm
@@ -30,6 +30,18 @@ class NotReady(RuntimeError):
     """No model is loaded yet (or loading failed)."""
 
 
+class ReloadInProgress(RuntimeError):
+    """Another reload is already loading a model."""
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A loaded model and the engine in front of it; swapped as one on reload."""
+
+    prm: LoadedPRM
+    engine: Engine
+
+
 @dataclass(frozen=True)
 class Scored:
     step_scores: list[list[float]]
@@ -44,38 +56,59 @@ class Runtime:
         self.config = config
         self.metrics = metrics
         self.on_fatal = on_fatal
-        self.prm: LoadedPRM | None = None
-        self.engine: Engine | None = None
+        self.serving: Serving | None = None
         self.fatal_error: str | None = None
+        self.draining = False
+        self._reload_lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None and self.engine.alive
+        return self.serving is not None and self.serving.engine.alive and not self.draining
 
     def start_loading(self) -> None:
-        threading.Thread(target=self._load, name="prm-loader", daemon=True).start()
+        threading.Thread(target=self._first_load, name="prm-loader", daemon=True).start()
 
-    def _load(self) -> None:
+    def _first_load(self) -> None:
         try:
-            prm = load_prm(self.config.model, device=self.config.device, dtype=self.config.dtype)
-            engine = Engine(
-                PackedScorer(prm, self.config.min_shared_prefix),
-                self.metrics,
-                max_batch_tokens=self.config.max_batch_tokens or DEFAULT_BATCH_TOKENS.get(prm.device.type, 2048),
-                max_wait_ms=self.config.max_wait_ms,
-                max_queue_tokens=self.config.max_queue_tokens,
-                on_worker_death=lambda error: self._fatal(f"the engine worker died: {error!r}"),
-            )
-            engine.start()
-            engine.submit([prm.formatter.encode(WARMUP_ITEM)]).result()
+            self._swap_in(self._load())
         except Exception as error:
             self._fatal(f"could not load {self.config.model!r}: {type(error).__name__}: {error}")
-            return
-        self.prm = prm
-        self.engine = engine
+
+    def reload(self) -> tuple[str, str]:
+        """Load the model's source again beside the serving one and swap it in once warmed up.
+
+        Requests already queued finish on the old model; new ones go to the new model.
+        Returns (old version, new version).
+        """
+        if not self._reload_lock.acquire(blocking=False):
+            raise ReloadInProgress("a reload is already in progress")
+        try:
+            old = self._current()
+            self._swap_in(self._load())
+        finally:
+            self._reload_lock.release()
+        old.engine.stop()  # drains what it had queued
+        return old.prm.version, self._current().prm.version
+
+    def _load(self) -> Serving:
+        prm = load_prm(self.config.model, device=self.config.device, dtype=self.config.dtype)
+        engine = Engine(
+            PackedScorer(prm, self.config.min_shared_prefix),
+            self.metrics,
+            max_batch_tokens=self.config.max_batch_tokens or DEFAULT_BATCH_TOKENS.get(prm.device.type, 2048),
+            max_wait_ms=self.config.max_wait_ms,
+            max_queue_tokens=self.config.max_queue_tokens,
+            on_worker_death=lambda error: self._fatal(f"the engine worker died: {error!r}"),
+        )
+        engine.start()
+        engine.submit([prm.formatter.encode(WARMUP_ITEM)]).result()
+        return Serving(prm, engine)
+
+    def _swap_in(self, serving: Serving) -> None:
+        self.serving = serving
         card = self.describe()
         self.metrics.set_model(card["id"], card["version"], card["dtype"], card["device"])
-        log.info("serving %s (version %s) on %s, %s", prm.name, prm.version, prm.device, prm.dtype)
+        log.info("serving %s (version %s) on %s, %s", card["id"], card["version"], card["device"], card["dtype"])
 
     def _fatal(self, message: str) -> None:
         self.fatal_error = message
@@ -84,11 +117,12 @@ class Runtime:
             self.on_fatal()
 
     def stop(self) -> None:
-        if self.engine is not None:
-            self.engine.stop()
+        """Finish queued work (within the drain timeout), then end the worker."""
+        if self.serving is not None:
+            self.serving.engine.stop(timeout=self.config.drain_timeout)
 
     def describe(self) -> dict:
-        prm = self._loaded()
+        prm = self._current().prm
         return {
             "id": prm.name,
             "version": prm.version,
@@ -102,16 +136,24 @@ class Runtime:
         """Score `(field, item)` pairs; `field` names the item in error messages.
 
         Work not started within `timeout` seconds is dropped; cancelling this coroutine drops queued work.
+        A request that meets an engine retired by a reload is encoded again for the new model.
         """
-        prm, engine = self._loaded(), self.engine
-        encoded = await asyncio.to_thread(_encode_all, prm, items)
-        scores = await asyncio.wrap_future(engine.submit(encoded, timeout))
-        return Scored(scores, sum(len(item) for item in encoded), prm.name, prm.version)
+        while True:
+            serving = self._current()
+            encoded = await asyncio.to_thread(_encode_all, serving.prm, items)
+            try:
+                future = serving.engine.submit(encoded, timeout)
+            except EngineStopped:
+                if self.serving is serving:
+                    raise
+                continue
+            scores = await asyncio.wrap_future(future)
+            return Scored(scores, sum(len(item) for item in encoded), serving.prm.name, serving.prm.version)
 
-    def _loaded(self) -> LoadedPRM:
-        if self.prm is None or self.engine is None:
+    def _current(self) -> Serving:
+        if self.serving is None or not self.serving.engine.alive:
             raise NotReady(self.fatal_error or "the model is still loading")
-        return self.prm
+        return self.serving
 
 
 def _encode_all(prm: LoadedPRM, items: list[tuple[str, ScoringInput]]) -> list[EncodedItem]:

@@ -35,9 +35,11 @@ def test_serve_with_an_unloadable_model_exits_non_zero(tmp_path):
 
 
 def test_help_explains_every_option():
-    result = run_prm("serve", "--help")
+    result = run_prm("serve", "--help", env={"COLUMNS": "240"})
     assert result.returncode == 0
-    for option in ("--model", "--host", "--port", "--device", "--dtype", "--max-batch-tokens", "--max-wait-ms"):
+    options = ["--model", "--host", "--port", "--device", "--dtype", "--max-batch-tokens", "--max-wait-ms"]
+    options += ["--max-queue-tokens", "--request-timeout", "--api-key", "--admin-key", "--drain-timeout"]
+    for option in options:
         assert option in result.stdout
 
 
@@ -48,6 +50,6 @@ def test_options_come_from_prm_environment_variables(checkpoint):
         assert httpx.get(f"{server.url}/v1/models").json()["data"][0]["dtype"] == "bfloat16"
         items = [{"problem": "p", "steps": ["a"]}] * 3
         response = httpx.post(f"{server.url}/score_steps", json={"items": items})
-        assert response.status_code == 422 and "at most 2" in response.json()["error"]
+        assert response.status_code == 413 and "at most 2" in response.json()["error"]
     finally:
         server.stop()

@@ -100,7 +100,7 @@ def in_background(url: str, payload: dict, headers: dict | None = None) -> tuple
 
 def test_disconnected_clients_work_is_dropped_not_computed(live, processbench_items):
     app, url = live
-    engine = app.state.runtime.engine
+    engine = app.state.runtime.serving.engine
     slow = engine.scorer = Slow(engine.scorer, delay=1.0)
     busy, _ = in_background(url, body(processbench_items[0]))
     time.sleep(0.3)  # the worker is now inside the slow batch
@@ -123,7 +123,7 @@ def test_disconnected_clients_work_is_dropped_not_computed(live, processbench_it
 
 def test_deadline_header_drops_work_that_could_not_start(live, processbench_items):
     app, url = live
-    engine = app.state.runtime.engine
+    engine = app.state.runtime.serving.engine
     engine.scorer = Slow(engine.scorer, delay=1.0)
     busy, first = in_background(url, body(processbench_items[0]))
     time.sleep(0.3)
@@ -140,9 +140,10 @@ def test_deadline_header_drops_work_that_could_not_start(live, processbench_item
 
 def test_out_of_memory_splits_the_batch_and_reports_an_item_too_big(live, reference, processbench_items):
     app, url = live
-    engine = app.state.runtime.engine
+    engine = app.state.runtime.serving.engine
     encoded_lengths = [
-        len(app.state.runtime.prm.formatter.encode(ScoringInput(i["problem"], i["steps"]))) for i in processbench_items
+        len(app.state.runtime.serving.prm.formatter.encode(ScoringInput(i["problem"], i["steps"])))
+        for i in processbench_items
     ]
     limit = max(encoded_lengths) + 1
     fault = engine.scorer = OutOfMemoryAbove(engine.scorer, limit)
@@ -162,7 +163,7 @@ def test_out_of_memory_splits_the_batch_and_reports_an_item_too_big(live, refere
 
 def test_a_dead_worker_turns_readiness_off(live, processbench_items):
     app, url = live
-    app.state.runtime.engine.scorer = DiesOnFirstBatch()
+    app.state.runtime.serving.engine.scorer = DiesOnFirstBatch()
     response = httpx.post(f"{url}/score_steps", json=body(processbench_items[0]), timeout=60)
     assert response.status_code == 503
     ready = httpx.get(f"{url}/ready")

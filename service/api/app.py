@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.api.errors import install_error_handlers
+from service.api.errors import BodyTooLarge, install_error_handlers
 from service.api.routes import router
 from service.config import ServeConfig
 from service.metrics import Metrics
@@ -33,10 +33,52 @@ def create_app(config: ServeConfig, on_fatal: Callable[[], None] | None = None) 
     )
     app.state.runtime = runtime
     app.state.metrics = metrics
+    app.state.in_flight = 0
     app.include_router(router)
     install_error_handlers(app, metrics)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
+
+
+class BodyLimit:
+    """Refuses bodies over `max_bytes`: by Content-Length at once, else while they stream in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            receive = _refuse(f"the body is {int(declared)} bytes; the limit is {self.max_bytes}")
+        else:
+            receive = _counting(receive, self.max_bytes)
+        await self.app(scope, receive, send)
+
+
+def _refuse(message: str) -> Receive:
+    async def receive() -> Message:
+        raise BodyTooLarge(message)
+
+    return receive
+
+
+def _counting(receive: Receive, max_bytes: int) -> Receive:
+    received = 0
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await receive()
+        received += len(message.get("body", b""))
+        if received > max_bytes:
+            raise BodyTooLarge(f"the body is over {max_bytes} bytes, the limit")
+        return message
+
+    return counted
 
 
 class RequestMetrics:

@@ -7,24 +7,36 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from service.api.auth import Forbidden, Unauthorized
 from service.engine import DeadlineExceeded, EngineStopped, Overloaded
 from service.metrics import Metrics
 from service.prm.errors import DeviceOutOfMemory, InputTooLong, InvalidInput
-from service.runtime import NotReady
+from service.prm.loading import CheckpointError
+from service.runtime import NotReady, ReloadInProgress
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "1"
 
 
+class RequestTooLarge(InvalidInput):
+    """More items, steps or characters than the configured limits (HTTP 413)."""
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds --max-body-bytes (HTTP 413)."""
+
+
 class ClientDisconnected(Exception):
     """The client closed the connection before its answer was ready; its queued work was dropped."""
 
 
-def error_response(request: Request, status: int, kind: str, message: str, retry: bool = False) -> JSONResponse:
+def error_response(
+    request: Request, status: int, kind: str, message: str, retry: bool = False, headers: dict | None = None
+) -> JSONResponse:
     request.state.error_type = kind
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if retry else None
-    return JSONResponse({"error": message, "type": kind}, status_code=status, headers=headers)
+    headers = {**(headers or {}), **({"Retry-After": RETRY_AFTER_SECONDS} if retry else {})}
+    return JSONResponse({"error": message, "type": kind}, status_code=status, headers=headers or None)
 
 
 def _describe_validation(error: RequestValidationError) -> str:
@@ -38,10 +50,10 @@ def _describe_validation(error: RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
-    def handler(status: int, kind: str, retry: bool = False):
+    def handler(status: int, kind: str, retry: bool = False, headers: dict | None = None):
         async def handle(request: Request, error: Exception) -> JSONResponse:
             metrics.failures.labels(reason=kind).inc()
-            return error_response(request, status, kind, str(error), retry)
+            return error_response(request, status, kind, str(error), retry, headers)
 
         return handle
 
@@ -61,6 +73,12 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(InputTooLong, handler(413, "input_too_long"))
+    app.add_exception_handler(RequestTooLarge, handler(413, "too_large"))
+    app.add_exception_handler(BodyTooLarge, handler(413, "too_large"))
+    app.add_exception_handler(Unauthorized, handler(401, "unauthorized", headers={"WWW-Authenticate": "Bearer"}))
+    app.add_exception_handler(Forbidden, handler(403, "forbidden"))
+    app.add_exception_handler(ReloadInProgress, handler(409, "reload_in_progress", retry=True))
+    app.add_exception_handler(CheckpointError, handler(409, "reload_failed"))
     app.add_exception_handler(InvalidInput, handler(422, "invalid_request"))
     app.add_exception_handler(Overloaded, handler(429, "overloaded", retry=True))
     app.add_exception_handler(NotReady, handler(503, "not_ready", retry=True))

@@ -2,11 +2,12 @@
 
 import asyncio
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.errors import ClientDisconnected, error_response
+from service.api.auth import require_admin_key, require_api_key, require_metrics_key
+from service.api.errors import ClientDisconnected, RequestTooLarge, error_response
 from service.api.schemas import (
     ErrorBody,
     ModelCard,
@@ -20,6 +21,7 @@ from service.api.schemas import (
     StepScores,
     Usage,
 )
+from service.engine import Overloaded
 from service.prm.aggregation import aggregate, rank
 from service.prm.errors import InvalidInput
 from service.prm.formatting import ScoringInput, split_steps, validate_context
@@ -27,7 +29,22 @@ from service.runtime import Runtime, Scored
 
 ERRORS = {status: {"model": ErrorBody} for status in (401, 413, 422, 429, 500, 503, 504, 507)}
 
+
+async def admit(request: Request):
+    """At most --max-concurrent-requests scoring requests in flight; beyond that, 429 at once."""
+    state = request.app.state
+    limit = state.runtime.config.max_concurrent_requests
+    if limit and state.in_flight >= limit:
+        raise Overloaded(f"{state.in_flight} requests are in flight; the limit is {limit}")
+    state.in_flight += 1
+    try:
+        yield
+    finally:
+        state.in_flight -= 1
+
+
 router = APIRouter()
+scoring = [Depends(require_api_key), Depends(admit)]
 
 
 TIMEOUT_HEADER = "X-Request-Timeout"
@@ -52,6 +69,22 @@ def _timeout(request: Request) -> float | None:
     return seconds
 
 
+def _check_sizes(runtime: Runtime, prefix: str, problem: str, steps: list[str]) -> None:
+    """Size limits that keep pathological inputs away from the tokenizer and the model."""
+    config = runtime.config
+    where = f"{prefix}." if prefix else ""
+    if len(problem) > config.max_problem_chars:
+        raise RequestTooLarge(
+            f"{where}problem", f"has {len(problem)} characters; the limit is {config.max_problem_chars}"
+        )
+    if len(steps) > config.max_steps_per_item:
+        raise RequestTooLarge(f"{where}steps", f"has {len(steps)} steps; the limit is {config.max_steps_per_item}")
+    for index, step in enumerate(steps):
+        if len(step) > config.max_step_chars:
+            message = f"has {len(step)} characters; the limit is {config.max_step_chars}"
+            raise RequestTooLarge(f"{where}steps[{index}]", message)
+
+
 async def _score(request: Request, items: list[tuple[str, ScoringInput]]) -> Scored:
     """Score, dropping the queued work if the client goes away first."""
     scoring = asyncio.ensure_future(_runtime(request).score(items, _timeout(request)))
@@ -71,15 +104,17 @@ async def _wait_for_disconnect(request: Request) -> None:
         await asyncio.sleep(DISCONNECT_POLL_SECONDS)
 
 
-@router.post("/score_steps", responses=ERRORS)
+@router.post("/score_steps", responses=ERRORS, dependencies=scoring)
 async def score_steps(body: ScoreStepsRequest, request: Request) -> ScoreStepsResponse | ScoreBatchResponse:
     """Score every step of one solution, or of a batch of solutions (`items`)."""
     runtime = _runtime(request)
     items = body.as_items()
     limit = runtime.config.max_items_per_request
     if len(items) > limit:
-        raise InvalidInput("items", f"has {len(items)} entries; at most {limit} are accepted per request")
+        raise RequestTooLarge("items", f"has {len(items)} entries; at most {limit} are accepted per request")
     prefix = (lambda index: f"items[{index}]") if body.items is not None else (lambda index: "")
+    for index, item in enumerate(items):
+        _check_sizes(runtime, prefix(index), item.problem, item.steps)
     scored = await _score(
         request, [(prefix(i), ScoringInput(item.problem, item.steps, item.system)) for i, item in enumerate(items)]
     )
@@ -96,19 +131,21 @@ async def score_steps(body: ScoreStepsRequest, request: Request) -> ScoreStepsRe
     )
 
 
-@router.post("/rerank", responses=ERRORS, response_model_exclude_none=True)
+@router.post("/rerank", responses=ERRORS, response_model_exclude_none=True, dependencies=scoring)
 async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
     """Rank candidate solutions of one problem by their aggregated step scores, best first."""
     runtime = _runtime(request)
     limit = runtime.config.max_items_per_request
     if len(body.candidates) > limit:
-        raise InvalidInput("candidates", f"has {len(body.candidates)} entries; at most {limit} are accepted")
+        raise RequestTooLarge("candidates", f"has {len(body.candidates)} entries; at most {limit} are accepted")
     validate_context(body.problem, body.system)
+    _check_sizes(runtime, "", body.problem, [])
     items = []
     for index, candidate in enumerate(body.candidates):
         steps = split_steps(candidate) if isinstance(candidate, str) else candidate.steps
         if isinstance(candidate, str) and not steps:
             raise InvalidInput(f"candidates[{index}]", "has no text between blank lines to score")
+        _check_sizes(runtime, f"candidates[{index}]", "", steps)
         items.append((f"candidates[{index}]", ScoringInput(body.problem, steps, body.system)))
     scored = await _score(request, items)
     solution_scores = [aggregate(scores, body.aggregation) for scores in scored.step_scores]
@@ -126,6 +163,16 @@ async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
     )
 
 
+@router.post("/admin/reload", dependencies=[Depends(require_admin_key)], responses=ERRORS)
+async def reload(request: Request) -> dict:
+    """Load the model's source again beside the serving one and swap it in when warmed up.
+
+    Requests in flight finish on the old model; every response names the version that scored it.
+    """
+    previous, current = await asyncio.to_thread(_runtime(request).reload)
+    return {"previous_version": previous, "model_version": current, "model": _runtime(request).describe()["id"]}
+
+
 @router.get("/health")
 async def health() -> dict:
     """200 while the process lives."""
@@ -139,7 +186,8 @@ async def ready(request: Request) -> Response:
     if not runtime.ready:
         message = runtime.fatal_error or "the model is still loading"
         return error_response(request, 503, "not_ready", message, retry=True)
-    return JSONResponse({"status": "ready", "model": runtime.prm.name, "model_version": runtime.prm.version})
+    prm = runtime.serving.prm
+    return JSONResponse({"status": "ready", "model": prm.name, "model_version": prm.version})
 
 
 @router.get("/v1/models", responses={503: {"model": ErrorBody}})
@@ -148,7 +196,7 @@ async def models(request: Request) -> ModelList:
     return ModelList(data=[ModelCard(**_runtime(request).describe())])
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(require_metrics_key)])
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
