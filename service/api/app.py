@@ -5,10 +5,11 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.api.errors import BodyTooLarge, install_error_handlers
+from service.api.errors import install_error_handlers
 from service.api.routes import router
 from service.config import ServeConfig
 from service.metrics import Metrics
@@ -36,17 +37,22 @@ def create_app(config: ServeConfig, on_fatal: Callable[[], None] | None = None) 
     app.state.in_flight = 0
     app.include_router(router)
     install_error_handlers(app, metrics)
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, metrics=metrics)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 
 
 class BodyLimit:
-    """Refuses bodies over `max_bytes`: by Content-Length at once, else while they stream in."""
+    """Refuses bodies over `max_bytes` with 413, by Content-Length at once, else as they stream in.
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    The body is read here (FastAPI would buffer it anyway) and replayed to the app; later
+    receives go to the server, so disconnects are still seen.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics):
         self.app = app
         self.max_bytes = max_bytes
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,31 +60,38 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            receive = _refuse(f"the body is {int(declared)} bytes; the limit is {self.max_bytes}")
-        else:
-            receive = _counting(receive, self.max_bytes)
-        await self.app(scope, receive, send)
+            await self._refuse(scope, send, f"the body is {int(declared)} bytes; the limit is {self.max_bytes}")
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before sending its body
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._refuse(scope, send, f"the body is over {self.max_bytes} bytes, the limit")
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, send: Send, message: str) -> None:
+        scope.setdefault("state", {})["error_type"] = "too_large"
+        self.metrics.failures.labels(reason="too_large").inc()
+        await JSONResponse({"error": message, "type": "too_large"}, status_code=413)(scope, _no_receive, send)
 
 
-def _refuse(message: str) -> Receive:
-    async def receive() -> Message:
-        raise BodyTooLarge(message)
-
-    return receive
-
-
-def _counting(receive: Receive, max_bytes: int) -> Receive:
-    received = 0
-
-    async def counted() -> Message:
-        nonlocal received
-        message = await receive()
-        received += len(message.get("body", b""))
-        if received > max_bytes:
-            raise BodyTooLarge(f"the body is over {max_bytes} bytes, the limit")
-        return message
-
-    return counted
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
 
 
 class RequestMetrics:

@@ -23,10 +23,6 @@ class RequestTooLarge(InvalidInput):
     """More items, steps or characters than the configured limits (HTTP 413)."""
 
 
-class BodyTooLarge(Exception):
-    """The request body exceeds --max-body-bytes (HTTP 413)."""
-
-
 class ClientDisconnected(Exception):
     """The client closed the connection before its answer was ready; its queued work was dropped."""
 
@@ -62,7 +58,10 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return error_response(request, 422, "invalid_request", _describe_validation(error))
 
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        kind = "not_found" if error.status_code == 404 else "http_error"
+        if error.status_code == 400:  # FastAPI's answer to a body it cannot decode (e.g. invalid UTF-8)
+            metrics.failures.labels(reason="invalid_request").inc()
+            return error_response(request, 400, "invalid_request", f"body: {error.detail}")
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return error_response(request, error.status_code, kind, str(error.detail))
 
     async def bug(request: Request, error: Exception) -> JSONResponse:
@@ -74,7 +73,6 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(InputTooLong, handler(413, "input_too_long"))
     app.add_exception_handler(RequestTooLarge, handler(413, "too_large"))
-    app.add_exception_handler(BodyTooLarge, handler(413, "too_large"))
     app.add_exception_handler(Unauthorized, handler(401, "unauthorized", headers={"WWW-Authenticate": "Bearer"}))
     app.add_exception_handler(Forbidden, handler(403, "forbidden"))
     app.add_exception_handler(ReloadInProgress, handler(409, "reload_in_progress", retry=True))
