@@ -1,0 +1,95 @@
+"""Under load: hot reload fails no request; SIGTERM answers everything admitted and exits 0."""
+
+import shutil
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from service.prm.random_checkpoint import build_random_checkpoint
+from tests.conftest import Server, tokenizer_corpus
+from tests.model_card import ModelCardPRM
+
+TOLERANCE = 1e-5
+
+
+class Load:
+    """`workers` threads posting items in turn until stopped; keeps every outcome."""
+
+    def __init__(self, url: str, items: list[dict], workers: int = 6, headers: dict | None = None):
+        self.url, self.items, self.outcomes, self.headers = url, items, [], headers
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(i,)) for i in range(workers)]
+        for thread in self.threads:
+            thread.start()
+
+    def run(self, offset: int) -> None:
+        index = offset
+        with httpx.Client(timeout=60, headers=self.headers) as client:
+            while not self.stopping.is_set():
+                item = self.items[index % len(self.items)]
+                try:
+                    response = client.post(f"{self.url}/score_steps", json=item)
+                    self.outcomes.append((item, response))
+                except httpx.TransportError as error:
+                    self.outcomes.append((item, error))
+                    time.sleep(0.05)
+                index += 1
+
+    def stop(self) -> list:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(60)
+        return self.outcomes
+
+
+def bodies(items: list[dict]) -> list[dict]:
+    return [{"problem": i["problem"], "steps": i["steps"]} for i in items]
+
+
+def test_reload_under_load_fails_nothing(tmp_path, checkpoint, processbench_items):
+    live = shutil.copytree(checkpoint, tmp_path / "live")
+    old = ModelCardPRM(live)
+    server = Server("--model", str(live), env={"PRM_ADMIN_KEYS": "admin"}).wait_ready()
+    try:
+        old_version = httpx.get(f"{server.url}/ready").json()["model_version"]
+        load = Load(server.url, bodies(processbench_items), headers={"Authorization": "Bearer admin"})
+        time.sleep(1.0)
+        retrained = build_random_checkpoint(tmp_path / "retrained", tokenizer_corpus(), seed=7)
+        for file in retrained.glob("*.safetensors"):
+            shutil.copy(file, live / file.name)
+        new = ModelCardPRM(live)
+        reloaded = httpx.post(f"{server.url}/admin/reload", headers={"Authorization": "Bearer admin"}, timeout=60)
+        time.sleep(1.0)
+        outcomes = load.stop()
+    finally:
+        server.stop()
+    assert reloaded.status_code == 200, reloaded.text
+    new_version = reloaded.json()["model_version"]
+    assert reloaded.json()["previous_version"] == old_version != new_version
+    versions = set()
+    for item, response in outcomes:
+        assert isinstance(response, httpx.Response) and response.status_code == 200, response
+        body = response.json()
+        versions.add(body["model_version"])
+        reference = old if body["model_version"] == old_version else new
+        assert body["step_scores"] == pytest.approx(reference.step_rewards(**item), abs=TOLERANCE)
+    assert versions == {old_version, new_version}
+
+
+def test_sigterm_drains_admitted_requests_and_exits_zero(checkpoint, processbench_items):
+    server = Server("--model", str(checkpoint), "--drain-timeout", "20").wait_ready()
+    load = Load(server.url, bodies(processbench_items), workers=8)
+    time.sleep(1.5)
+    server.process.send_signal(signal.SIGTERM)
+    code = server.process.wait(timeout=30)
+    outcomes = load.stop()
+    assert code == 0, server.process.stdout.read()
+    answered = [(item, r) for item, r in outcomes if isinstance(r, httpx.Response)]
+    assert len(answered) > 8
+    for _, response in answered:  # everything admitted was answered, and answered correctly
+        assert response.status_code == 200, response.text
+    refused = [r for _, r in outcomes if not isinstance(r, httpx.Response)]
+    assert all(isinstance(error, httpx.TransportError) for error in refused)  # after the listener closed
