@@ -191,3 +191,21 @@ def test_engine_deadline_and_death_without_http(checkpoint, processbench_items):
     assert len(deaths) == 1 and not dying.alive
     with pytest.raises(EngineStopped):
         dying.submit(items[:1])
+
+
+def test_requests_beyond_the_in_flight_bound_get_429_at_once(live, processbench_items):
+    from dataclasses import replace
+
+    app, url = live
+    runtime = app.state.runtime
+    runtime.config = replace(runtime.config, max_concurrent_requests=1)
+    runtime.serving.engine.scorer = Slow(runtime.serving.engine.scorer, delay=1.0)
+    busy, first = in_background(url, body(processbench_items[0]))
+    time.sleep(0.3)
+    started = time.monotonic()
+    shed = httpx.post(f"{url}/score_steps", json=body(processbench_items[1]), timeout=60)
+    assert time.monotonic() - started < 0.5
+    assert shed.status_code == 429 and shed.headers["Retry-After"] == "1" and shed.json()["type"] == "overloaded"
+    busy.join()
+    assert first[0].status_code == 200
+    assert httpx.post(f"{url}/score_steps", json=body(processbench_items[1]), timeout=60).status_code == 200

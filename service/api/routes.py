@@ -3,7 +3,7 @@
 import asyncio
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.auth import require_admin_key, require_api_key, require_metrics_key
@@ -196,7 +196,7 @@ async def models(request: Request) -> ModelList:
     return ModelList(data=[ModelCard(**_runtime(request).describe())])
 
 
-@router.get("/metrics", dependencies=[Depends(require_metrics_key)])
+@router.get("/metrics", dependencies=[Depends(require_metrics_key)], response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

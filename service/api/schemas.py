@@ -13,15 +13,24 @@ class _Strict(BaseModel):
 
 class StepsItem(_Strict):
     problem: str = Field(description="The math problem, as the user turn.")
-    steps: list[str] = Field(description="The solution's steps; one score comes back per step.")
+    steps: list[str] = Field(min_length=1, description="The solution's steps; one score comes back per step.")
     system: str | None = Field(None, description="System prompt; defaults to the Qwen2.5-Math one.")
 
 
 class ScoreStepsRequest(_Strict):
-    """Either one solution (`problem`, `steps`) or a batch (`items`)."""
+    """Either one solution (`problem`, `steps`, `system`?) or a batch (`items`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["problem", "steps"], "not": {"required": ["items"]}},
+                {"required": ["items"], "not": {"anyOf": [{"required": [k]} for k in ("problem", "steps", "system")]}},
+            ]
+        }
+    )
 
     problem: str | None = None
-    steps: list[str] | None = None
+    steps: list[str] | None = Field(None, min_length=1)
     system: str | None = None
     items: list[StepsItem] | None = Field(None, min_length=1)
 
@@ -64,7 +73,7 @@ class ScoreBatchResponse(_Scored):
 
 
 class CandidateSteps(_Strict):
-    steps: list[str]
+    steps: list[str] = Field(min_length=1)
 
 
 class RerankRequest(_Strict):
