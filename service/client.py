@@ -4,7 +4,7 @@ Both retry 429 and 503 answers (overload, loading, draining), waiting what the
 server's `Retry-After` asks, up to `max_retries` times; other errors raise `PRMError`.
 
     from service.client import PRMClient
-    with PRMClient("http://127.0.0.1:8000") as prm:
+    with PRMClient("http://127.0.0.1:8000", api_key="...") as prm:  # api_key only if the server has keys
         prm.score_steps("What is 2+3*4?", ["3*4 = 12", "2+12 = 14"])
 """
 
@@ -93,9 +93,21 @@ class _Calls:
         return self._then(self._post("/rerank", body), lambda r: r["results"])
 
 
+def _auth(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 class PRMClient(_Calls):
-    def __init__(self, base_url: str, timeout: float = 60.0, max_retries: int = 5, backoff: float = 0.25, **httpx_args):
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, **httpx_args)
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        backoff: float = 0.25,
+        **httpx_args,
+    ):
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=_auth(api_key), **httpx_args)
         self.max_retries = max_retries
         self.backoff = backoff
 
@@ -123,8 +135,16 @@ class PRMClient(_Calls):
 
 
 class AsyncPRMClient(_Calls):
-    def __init__(self, base_url: str, timeout: float = 60.0, max_retries: int = 5, backoff: float = 0.25, **httpx_args):
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, **httpx_args)
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        backoff: float = 0.25,
+        **httpx_args,
+    ):
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=_auth(api_key), **httpx_args)
         self.max_retries = max_retries
         self.backoff = backoff
 

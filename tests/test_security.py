@@ -50,6 +50,8 @@ def test_auth_matrix(guarded):
     assert reload("wrong").status_code == 401
     assert reload(API).status_code == 403
     assert reload(ADMIN).status_code == 200
+    assert httpx.get(f"{guarded.url}/v1/models").status_code == 401
+    assert httpx.get(f"{guarded.url}/v1/models", headers={"Authorization": f"Bearer {API}"}).status_code == 200
     for public in ("/health", "/ready", "/metrics"):
         assert httpx.get(f"{guarded.url}{public}").status_code == 200
 
@@ -115,3 +117,13 @@ def test_malformed_bodies_are_4xx(guarded, raw):
     response = httpx.post(f"{guarded.url}{path}", content=raw, headers=headers)
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["type"] == "invalid_request"
+
+
+def test_clients_send_their_api_key(guarded):
+    from service.client import PRMClient, PRMError
+
+    with PRMClient(guarded.url, api_key=API) as prm:
+        assert len(prm.score_steps("What is 2+3?", ["2+3 = 5"])) == 1
+    with PRMClient(guarded.url, api_key="wrong") as prm, pytest.raises(PRMError) as error:
+        prm.score_steps("What is 2+3?", ["2+3 = 5"])
+    assert (error.value.status, error.value.type) == (401, "unauthorized")

@@ -28,6 +28,8 @@ from service.prm.formatting import ScoringInput, split_steps, validate_context
 from service.runtime import Runtime, Scored
 
 ERRORS = {status: {"model": ErrorBody} for status in (401, 413, 422, 429, 500, 503, 504, 507)}
+TIMEOUT_HEADER = "X-Request-Timeout"
+DISCONNECT_POLL_SECONDS = 0.1
 
 
 async def admit(request: Request):
@@ -44,11 +46,7 @@ async def admit(request: Request):
 
 
 router = APIRouter()
-scoring = [Depends(require_api_key), Depends(admit)]
-
-
-TIMEOUT_HEADER = "X-Request-Timeout"
-DISCONNECT_POLL_SECONDS = 0.1
+SCORING = [Depends(require_api_key), Depends(admit)]
 
 
 def _runtime(request: Request) -> Runtime:
@@ -104,7 +102,7 @@ async def _wait_for_disconnect(request: Request) -> None:
         await asyncio.sleep(DISCONNECT_POLL_SECONDS)
 
 
-@router.post("/score_steps", responses=ERRORS, dependencies=scoring)
+@router.post("/score_steps", responses=ERRORS, dependencies=SCORING)
 async def score_steps(body: ScoreStepsRequest, request: Request) -> ScoreStepsResponse | ScoreBatchResponse:
     """Score every step of one solution, or of a batch of solutions (`items`)."""
     runtime = _runtime(request)
@@ -131,7 +129,7 @@ async def score_steps(body: ScoreStepsRequest, request: Request) -> ScoreStepsRe
     )
 
 
-@router.post("/rerank", responses=ERRORS, response_model_exclude_none=True, dependencies=scoring)
+@router.post("/rerank", responses=ERRORS, response_model_exclude_none=True, dependencies=SCORING)
 async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
     """Rank candidate solutions of one problem by their aggregated step scores, best first."""
     runtime = _runtime(request)
@@ -190,7 +188,7 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"status": "ready", "model": prm.name, "model_version": prm.version})
 
 
-@router.get("/v1/models", responses={503: {"model": ErrorBody}})
+@router.get("/v1/models", responses=ERRORS, dependencies=[Depends(require_api_key)])
 async def models(request: Request) -> ModelList:
     """The loaded model: name, version, family, dtype, device, maximum length."""
     return ModelList(data=[ModelCard(**_runtime(request).describe())])
