@@ -209,3 +209,18 @@ def test_requests_beyond_the_in_flight_bound_get_429_at_once(live, processbench_
     busy.join()
     assert first[0].status_code == 200
     assert httpx.post(f"{url}/score_steps", json=body(processbench_items[1]), timeout=60).status_code == 200
+
+
+def test_a_caller_cancelling_mid_batch_does_not_kill_the_worker(checkpoint, processbench_items):
+    prm = load_prm(str(checkpoint))
+    items = [prm.formatter.encode(ScoringInput(i["problem"], i["steps"])) for i in processbench_items[:2]]
+    engine = Engine(Slow(PackedScorer(prm), delay=0.5), Metrics())
+    engine.start()
+    abandoned = engine.submit(items[:1])
+    time.sleep(0.2)  # its batch is being computed
+    assert abandoned.cancel()
+    assert engine.submit(items[1:]).result(timeout=10)[0] == pytest.approx(
+        PackedScorer(prm).score(items[1:]).scores[0], abs=TOLERANCE
+    )
+    assert engine.alive
+    engine.stop()

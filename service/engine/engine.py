@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 from service.engine.batching import take_batch
@@ -132,8 +132,7 @@ class Engine:
             with self._condition:
                 self.worker_error = error
                 for work in [*self._queue, *self._taken]:
-                    if not work.job.future.done():
-                        work.job.future.set_exception(died)
+                    _settle(work.job.future, error=died)
                 self._queue.clear()
             if self.on_worker_death:
                 self.on_worker_death(error)
@@ -180,8 +179,7 @@ class Engine:
                 self.metrics.dropped_sequences.labels(reason="client_disconnected").inc()
             elif work.deadline is not None and now > work.deadline:
                 self.metrics.dropped_sequences.labels(reason="deadline_exceeded").inc()
-                if not future.done():
-                    future.set_exception(DeadlineExceeded("the request's deadline passed before its work started"))
+                _settle(future, error=DeadlineExceeded("the request's deadline passed before its work started"))
             elif not future.done():
                 kept.append(work)
                 continue
@@ -234,14 +232,24 @@ class Engine:
                 continue
             job.results[work.index] = item_scores
             if len(job.results) == job.size:
-                job.future.set_result([job.results[index] for index in range(job.size)])
+                _settle(job.future, result=[job.results[index] for index in range(job.size)])
 
     def _fail(self, batch: list[_Work], error: BaseException) -> None:
         log.error("scoring a batch of %d sequences failed: %r", len(batch), error)
         for work in batch:
-            if not work.job.future.done():
-                work.job.future.set_exception(error)
+            _settle(work.job.future, error=error)
 
     def _publish_queue(self) -> None:
         self.metrics.queue_sequences.set(len(self._queue))
         self.metrics.queue_tokens.set(self._queued_tokens)
+
+
+def _settle(future: Future, result: object = None, error: BaseException | None = None) -> None:
+    """Resolve a caller's future unless it is already done: the event loop may cancel it at any moment."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
