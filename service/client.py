@@ -67,7 +67,27 @@ def _result(response: httpx.Response) -> dict[str, Any]:
 
 
 class _Calls:
-    """Request bodies and result shapes shared by both clients; `_post` does the I/O."""
+    """Request bodies, result shapes and settings shared by both clients; `_post` does the I/O.
+
+    `base_url`, `api_key` (sent as a Bearer token), `timeout` and extra httpx arguments configure
+    the underlying httpx client; `max_retries` and `backoff` the retries of 429/503.
+    """
+
+    http_class: type
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        backoff: float = 0.25,
+        **httpx_args,
+    ):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = self.http_class(base_url=base_url, timeout=timeout, headers=headers, **httpx_args)
+        self.max_retries = max_retries
+        self.backoff = backoff
 
     def score_steps(self, problem: str, steps: Sequence[str], system: str | None = None):
         """Step scores of one solution."""
@@ -93,23 +113,8 @@ class _Calls:
         return self._then(self._post("/rerank", body), lambda r: r["results"])
 
 
-def _auth(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
 class PRMClient(_Calls):
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        max_retries: int = 5,
-        backoff: float = 0.25,
-        **httpx_args,
-    ):
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=_auth(api_key), **httpx_args)
-        self.max_retries = max_retries
-        self.backoff = backoff
+    http_class = httpx.Client
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         attempt = 0
@@ -135,18 +140,7 @@ class PRMClient(_Calls):
 
 
 class AsyncPRMClient(_Calls):
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        max_retries: int = 5,
-        backoff: float = 0.25,
-        **httpx_args,
-    ):
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=_auth(api_key), **httpx_args)
-        self.max_retries = max_retries
-        self.backoff = backoff
+    http_class = httpx.AsyncClient
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         attempt = 0
