@@ -1,16 +1,14 @@
 """The Python clients against the real server, and their retry policy against a scripted one."""
 
 import asyncio
-import threading
 import time
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from service.client import AsyncPRMClient, PRMClient, PRMError
-from tests.conftest import free_port
+from tests.conftest import serve_in_thread
 
 TOLERANCE = 1e-5
 
@@ -56,15 +54,8 @@ def overloaded_server():
             )
         return {"step_scores": [0.25]}
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}", calls
-    server.should_exit = True
-    thread.join(5)
+    with serve_in_thread(app) as url:
+        yield url, calls
 
 
 def test_client_retries_429_honouring_retry_after(overloaded_server):

@@ -10,7 +10,6 @@ import time
 
 import httpx
 import pytest
-import uvicorn
 
 from service.api.app import create_app
 from service.config import ServeConfig
@@ -20,7 +19,7 @@ from service.prm.errors import DeviceOutOfMemory
 from service.prm.formatting import ScoringInput
 from service.prm.loading import load_prm
 from service.prm.scorer import PackedScorer
-from tests.conftest import free_port
+from tests.conftest import serve_in_thread
 
 TOLERANCE = 1e-5
 
@@ -60,22 +59,11 @@ class DiesOnFirstBatch:
 def live(checkpoint):
     """`create_app` served by uvicorn on loopback in this process, so a test can wrap its backend."""
     app = create_app(ServeConfig(model=str(checkpoint)))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ready").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    yield app, url
-    server.should_exit = True
-    thread.join(30)
+    with serve_in_thread(app) as url:
+        deadline = time.monotonic() + 60
+        while not app.state.runtime.ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield app, url
 
 
 def body(item: dict) -> dict:

@@ -67,20 +67,23 @@ def _timeout(request: Request) -> float | None:
     return seconds
 
 
-def _check_sizes(runtime: Runtime, prefix: str, problem: str, steps: list[str]) -> None:
-    """Size limits that keep pathological inputs away from the tokenizer and the model."""
+def _check_problem(runtime: Runtime, field: str, problem: str) -> None:
+    """Size limit that keeps a pathological problem away from the tokenizer."""
+    limit = runtime.config.max_problem_chars
+    if len(problem) > limit:
+        raise RequestTooLarge(field, f"has {len(problem)} characters; the limit is {limit}")
+
+
+def _check_steps(runtime: Runtime, field: str, steps: list[str]) -> None:
+    """Size limits that keep pathological solutions away from the tokenizer and the model."""
     config = runtime.config
-    where = f"{prefix}." if prefix else ""
-    if len(problem) > config.max_problem_chars:
-        raise RequestTooLarge(
-            f"{where}problem", f"has {len(problem)} characters; the limit is {config.max_problem_chars}"
-        )
     if len(steps) > config.max_steps_per_item:
-        raise RequestTooLarge(f"{where}steps", f"has {len(steps)} steps; the limit is {config.max_steps_per_item}")
+        raise RequestTooLarge(field, f"has {len(steps)} steps; the limit is {config.max_steps_per_item}")
     for index, step in enumerate(steps):
         if len(step) > config.max_step_chars:
-            message = f"has {len(step)} characters; the limit is {config.max_step_chars}"
-            raise RequestTooLarge(f"{where}steps[{index}]", message)
+            raise RequestTooLarge(
+                f"{field}[{index}]", f"has {len(step)} characters; the limit is {config.max_step_chars}"
+            )
 
 
 async def _score(request: Request, items: list[tuple[str, ScoringInput]]) -> Scored:
@@ -110,11 +113,14 @@ async def score_steps(body: ScoreStepsRequest, request: Request) -> ScoreStepsRe
     limit = runtime.config.max_items_per_request
     if len(items) > limit:
         raise RequestTooLarge("items", f"has {len(items)} entries; at most {limit} are accepted per request")
-    prefix = (lambda index: f"items[{index}]") if body.items is not None else (lambda index: "")
-    for index, item in enumerate(items):
-        _check_sizes(runtime, prefix(index), item.problem, item.steps)
+    names = [f"items[{index}]" for index in range(len(items))] if body.items is not None else [""]
+    for name, item in zip(names, items, strict=True):
+        where = f"{name}." if name else ""
+        _check_problem(runtime, f"{where}problem", item.problem)
+        _check_steps(runtime, f"{where}steps", item.steps)
     scored = await _score(
-        request, [(prefix(i), ScoringInput(item.problem, item.steps, item.system)) for i, item in enumerate(items)]
+        request,
+        [(name, ScoringInput(item.problem, item.steps, item.system)) for name, item in zip(names, items, strict=True)],
     )
     usage = Usage(tokens=scored.tokens)
     if body.items is None:
@@ -137,13 +143,13 @@ async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
     if len(body.candidates) > limit:
         raise RequestTooLarge("candidates", f"has {len(body.candidates)} entries; at most {limit} are accepted")
     validate_context(body.problem, body.system)
-    _check_sizes(runtime, "", body.problem, [])
+    _check_problem(runtime, "problem", body.problem)
     items = []
     for index, candidate in enumerate(body.candidates):
         steps = split_steps(candidate) if isinstance(candidate, str) else candidate.steps
         if isinstance(candidate, str) and not steps:
             raise InvalidInput(f"candidates[{index}]", "has no text between blank lines to score")
-        _check_sizes(runtime, f"candidates[{index}]", "", steps)
+        _check_steps(runtime, f"candidates[{index}].steps", steps)
         items.append((f"candidates[{index}]", ScoringInput(body.problem, steps, body.system)))
     scored = await _score(request, items)
     solution_scores = [aggregate(scores, body.aggregation) for scores in scored.step_scores]
