@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2Config
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from service.prm.formatting import DEFAULT_SYSTEM, STEP_SEPARATOR
 from service.prm.model import Qwen2ForProcessRewardModel
@@ -135,6 +135,42 @@ def build_random_checkpoint(
 
     for name in REMOTE_CODE_FILES:
         (out_dir / name).write_text(REMOTE_CODE)
+    return out_dir
+
+
+def build_random_causal_lm(
+    out_dir: Path,
+    corpus: list[str],
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    tokenizer_vocab_size: int = 512,
+    seed: int = 0,
+) -> Path:
+    """A tiny random Qwen2ForCausalLM with the same tokenizer and chat template: a policy or judge for the
+    offline jobs' tests, or a `prm train --base` backbone."""
+    out_dir = Path(out_dir)
+    tokenizer = train_tokenizer(corpus, tokenizer_vocab_size)
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=_round_up(len(tokenizer) + 1, 64),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    _match_hub_tokenizer_config(out_dir)
     return out_dir
 
 
