@@ -185,3 +185,10 @@ def _server_class():
             super().handle_exit(sig, frame)
 
     return DrainingServer
+
+
+from service.jobs.data.cli import annotate_app, filter_app, generate  # noqa: E402 - the data jobs' commands
+
+app.command()(generate)
+app.add_typer(annotate_app, name="annotate")
+app.add_typer(filter_app, name="filter")

@@ -1,0 +1,156 @@
+"""Final answers: pull one out of a solution's text, and grade it against the gold answer with math-verify.
+
+math-verify runs in worker processes: sympy can spend minutes (or forever, inside C code) on one
+pathological expression, and a job over millions of completions must not hang on it. A grade that
+exceeds its timeout is None, and the worker that was stuck on it is killed and replaced.
+"""
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import re
+from collections.abc import Callable
+from functools import lru_cache
+from multiprocessing.connection import Connection
+from typing import Self
+
+logger = logging.getLogger(__name__)
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_ANSWER_IS = re.compile(r"answer is\s*:?\s*(.+?)\s*(?:\.\s|\.?$|\n)", re.IGNORECASE | re.MULTILINE)
+_HASHES = re.compile(r"####\s*(.+)")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete `\\boxed{...}` (or `\\fbox{...}`), nested braces included."""
+    for match in reversed(list(_BOXED.finditer(text))):
+        depth = 1
+        for position in range(match.end(), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[position], 0)
+            if depth == 0:
+                return text[match.end() : position].strip()
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """The solution's final answer: the last `\\boxed{}`, else "the answer is X", else `#### X`, else the
+    last number; None when there is none."""
+    answer = last_boxed(text)
+    if answer is None:
+        for pattern in (_ANSWER_IS, _HASHES):
+            matches = pattern.findall(text)
+            if matches:
+                answer = matches[-1]
+                break
+    if answer is None:
+        numbers = _NUMBER.findall(text)
+        answer = numbers[-1].replace(",", "") if numbers else None
+    if answer is None:
+        return None
+    answer = answer.strip().strip("$").strip().rstrip(".").strip()
+    return answer or None
+
+
+def is_equivalent(gold: str, prediction: str) -> bool:
+    """math-verify's judgement, gold first: both are read as the content of a `\\boxed{}`."""
+    from math_verify import parse, verify
+
+    return verify(_parse_gold(gold), parse(f"\\boxed{{{prediction}}}"))
+
+
+@lru_cache(maxsize=4096)
+def _parse_gold(gold: str):
+    from math_verify import parse
+
+    return parse(f"\\boxed{{{gold}}}")
+
+
+class _Worker:
+    """One grading process, fed (gold, prediction) pairs over a pipe."""
+
+    def __init__(self, function: Callable[[str, str], bool]):
+        context = multiprocessing.get_context("spawn")  # no forking of a process that holds threads and sockets
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, function), daemon=True)
+        self.process.start()
+        child.close()
+
+    def grade(self, gold: str, prediction: str, timeout: float) -> bool:
+        """Raises TimeoutError, or EOFError if the process died."""
+        self.connection.send((gold, prediction))
+        if not self.connection.poll(timeout):
+            raise TimeoutError
+        return self.connection.recv()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.send(None)
+        self.process.join(timeout=5)
+        self.kill()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.connection.close()
+
+
+def _serve(connection: Connection, function: Callable[[str, str], bool]) -> None:
+    while (pair := connection.recv()) is not None:
+        try:
+            result = bool(function(*pair))
+        except Exception:  # math-verify raises on some inputs; an unreadable answer is not a right one
+            result = False
+        connection.send(result)
+
+
+class Grader:
+    """Grades answers on `workers` processes, started on first use; use it as an async context manager."""
+
+    def __init__(self, workers: int = 2, timeout: float = 30.0, function: Callable[[str, str], bool] = is_equivalent):
+        self.timeout = timeout
+        self.function = function
+        self.timeouts = 0
+        self._idle: asyncio.Queue[_Worker | None] = asyncio.Queue()
+        for _ in range(workers):
+            self._idle.put_nowait(None)
+        self._all: list[_Worker] = []
+
+    async def grade(self, gold: str, prediction: str | None) -> bool | None:
+        """True or False; False without an answer; None when grading timed out or crashed."""
+        if prediction is None:
+            return False
+        worker = await self._idle.get()
+        try:
+            if worker is None:
+                worker = await asyncio.to_thread(self._start)
+            try:
+                return await asyncio.to_thread(worker.grade, gold, prediction, self.timeout)
+            except (TimeoutError, EOFError, OSError):
+                self.timeouts += 1
+                logger.warning(
+                    "grading %r against %r failed or took over %gs: graded None, worker replaced",
+                    prediction,
+                    gold,
+                    self.timeout,
+                )
+                await asyncio.to_thread(worker.kill)
+                self._all.remove(worker)
+                worker = None
+                return None
+        finally:
+            self._idle.put_nowait(worker)
+
+    def _start(self) -> _Worker:
+        worker = _Worker(self.function)
+        self._all.append(worker)
+        return worker
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await asyncio.gather(*(asyncio.to_thread(worker.stop) for worker in self._all))
+        self._all.clear()
