@@ -7,12 +7,15 @@ exceeds its timeout is None, and the worker that was stuck on it is killed and r
 
 import asyncio
 import contextlib
+import importlib
+import json
 import logging
-import multiprocessing
 import re
+import select
+import subprocess
+import sys
 from collections.abc import Callable
 from functools import lru_cache
-from multiprocessing.connection import Connection
 from typing import Self
 
 logger = logging.getLogger(__name__)
@@ -68,48 +71,62 @@ def _parse_gold(gold: str):
 
 
 class _Worker:
-    """One grading process, fed (gold, prediction) pairs over a pipe."""
+    """One grading process (`python -m service.jobs.data.answers`) fed JSON lines over its stdin.
 
-    def __init__(self, function: Callable[[str, str], bool]):
-        context = multiprocessing.get_context("spawn")  # no forking of a process that holds threads and sockets
-        self.connection, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, function), daemon=True)
-        self.process.start()
-        child.close()
+    A plain subprocess rather than multiprocessing's spawn, which would re-import the parent's main module
+    (the whole `prm` command line) in every worker.
+    """
+
+    def __init__(self, function: str):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", __name__, function], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
 
     def grade(self, gold: str, prediction: str, timeout: float) -> bool:
-        """Raises TimeoutError, or EOFError if the process died."""
-        self.connection.send((gold, prediction))
-        if not self.connection.poll(timeout):
+        """Raises TimeoutError, or EOFError/OSError if the process died."""
+        self.process.stdin.write(json.dumps([gold, prediction]) + "\n")
+        self.process.stdin.flush()
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        if not ready:
             raise TimeoutError
-        return self.connection.recv()
+        line = self.process.stdout.readline()
+        if not line:
+            raise EOFError
+        return json.loads(line)
 
     def stop(self) -> None:
+        """Close its input (it exits at the end of it); kill it if it does not."""
         with contextlib.suppress(OSError):
-            self.connection.send(None)
-        self.process.join(timeout=5)
-        self.kill()
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
     def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-        self.connection.close()
+        self.process.kill()
+        self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
-def _serve(connection: Connection, function: Callable[[str, str], bool]) -> None:
-    while (pair := connection.recv()) is not None:
+def _serve(function: Callable[[str, str], bool]) -> None:
+    """The worker's loop: a `[gold, prediction]` line in, `true` or `false` out, until the input ends."""
+    for line in sys.stdin:
         try:
-            result = bool(function(*pair))
+            result = bool(function(*json.loads(line)))
         except Exception:  # math-verify raises on some inputs; an unreadable answer is not a right one
             result = False
-        connection.send(result)
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
 
 
 class Grader:
     """Grades answers on `workers` processes, started on first use; use it as an async context manager."""
 
-    def __init__(self, workers: int = 2, timeout: float = 30.0, function: Callable[[str, str], bool] = is_equivalent):
+    def __init__(self, workers: int = 2, timeout: float = 30.0, function: str = f"{__name__}:is_equivalent"):
+        """`function`: `module:name` of the (gold, prediction) -> bool that the workers run."""
         self.timeout = timeout
         self.function = function
         self.timeouts = 0
@@ -154,3 +171,8 @@ class Grader:
     async def __aexit__(self, *exc_info) -> None:
         await asyncio.gather(*(asyncio.to_thread(worker.stop) for worker in self._all))
         self._all.clear()
+
+
+if __name__ == "__main__":
+    module, name = sys.argv[1].split(":")
+    _serve(getattr(importlib.import_module(module), name))
