@@ -53,6 +53,7 @@ class TransformersBackend:
 
     async def _generate(self, prompt: str, n: int) -> list[str]:
         future = asyncio.get_running_loop().create_future()
+        self.usage.requests += 1
         self.usage.completions_requested += n
         self._queue.put_nowait((prompt, n, future))
         texts = await future
