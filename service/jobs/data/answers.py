@@ -98,10 +98,9 @@ class _Worker:
         """Close its input (it exits at the end of it); kill it if it does not."""
         with contextlib.suppress(OSError):
             self.process.stdin.close()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        self.kill()  # nothing to kill if it exited; closes the pipes either way
 
     def kill(self) -> None:
         self.process.kill()
@@ -113,13 +112,14 @@ class _Worker:
 
 def _serve(function: Callable[[str, str], bool]) -> None:
     """The worker's loop: a `[gold, prediction]` line in, `true` or `false` out, until the input ends."""
+    answers, sys.stdout = sys.stdout, sys.stderr  # stray prints must not corrupt the answers
     for line in sys.stdin:
         try:
             result = bool(function(*json.loads(line)))
         except Exception:  # math-verify raises on some inputs; an unreadable answer is not a right one
             result = False
-        sys.stdout.write(json.dumps(result) + "\n")
-        sys.stdout.flush()
+        answers.write(json.dumps(result) + "\n")
+        answers.flush()
 
 
 class Grader:

@@ -56,5 +56,5 @@ async def generate(
             for index, text, answer, grade in zip(indices, texts, answers, grades, strict=True)
         ]
 
-    await run(problems, len(problems), sample, output, stats, concurrency=concurrency)
+    await run(problems, len(problems), sample, output, stats, concurrency=concurrency, unit="problem")
     return stats

@@ -45,19 +45,21 @@ async def run(
     stats: JobStats,
     *,
     concurrency: int,
+    unit: str = "rec",
 ) -> None:
-    """`work` each unit (a record with an id) on `concurrency` coroutines and write what it returns as soon as it
-    is done. A unit whose requests fail for good is counted, logged and left out, so a rerun retries it."""
+    """`work` each unit (a record with an id) on `concurrency` coroutines and write what it returns as soon as
+    it is done; the progress bar counts units as `unit`. A unit whose requests fail for good is counted, logged
+    and left out, so a rerun retries it."""
     stats.already_done = len(output.done)
     iterator = iter(units)
 
     async def worker() -> None:
-        for unit in iterator:  # shared: each coroutine takes the next unit when it is free
+        for item in iterator:  # shared: each coroutine takes the next unit when it is free
             try:
-                records = await work(unit)
+                records = await work(item)
             except BackendError as error:
                 stats.failed += 1
-                logger.warning("%s failed: %s", unit["id"], error)
+                logger.warning("%s failed: %s", item["id"], error)
             else:
                 for record in records:
                     output.write(record)
@@ -67,7 +69,7 @@ async def run(
 
     with (
         logging_redirect_tqdm([logging.getLogger("service.jobs")]),
-        tqdm(total=total, desc=stats.name, unit="rec", dynamic_ncols=True) as bar,
+        tqdm(total=total, desc=stats.name, unit=unit, dynamic_ncols=True) as bar,
     ):
         async with asyncio.TaskGroup() as group:
             for _ in range(max(1, min(concurrency, total))):
