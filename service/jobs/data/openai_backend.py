@@ -93,6 +93,8 @@ class OpenAIBackend:
                     f"cannot load the tokenizer {self._tokenizer_name!r} that renders continuation prompts "
                     f"({error}); pass --tokenizer with a local path or Hub id"
                 ) from None
+            if self._tokenizer.chat_template is None:
+                raise BackendUnavailable(f"the tokenizer {self._tokenizer_name!r} has no chat template")
 
     async def chat(self, messages: Messages, n: int) -> list[str]:
         return await self._sample(
