@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from service.config import ServeConfig
+from service.store import ModelStore
 
 app = typer.Typer(
     help="Process reward models: serve step scores over HTTP, and the jobs that build them.",
@@ -16,8 +17,8 @@ app = typer.Typer(
 )
 
 NO_MODEL = (
-    "No model given and no bundled default model exists yet: pass --model with a checkpoint directory "
-    "or a Hub id (e.g. --model Qwen/Qwen2.5-Math-PRM-7B), or set PRM_MODEL."
+    "No --model given and the store {store} has no default model: pass --model with a checkpoint directory, "
+    "a Hub id (e.g. --model Qwen/Qwen2.5-Math-PRM-7B) or a store name, set PRM_MODEL, or point --store elsewhere."
 )
 
 
@@ -30,8 +31,25 @@ def main() -> None:
 def serve(
     model: Annotated[
         str | None,
-        typer.Option(envvar="PRM_MODEL", help="Checkpoint directory or Hub id (Qwen2ForProcessRewardModel)."),
+        typer.Option(
+            envvar="PRM_MODEL",
+            help="A store model NAME or NAME@VERSION, a checkpoint directory, or a Hub id "
+            "(Qwen2ForProcessRewardModel) [default: the newest version of the store's default model].",
+            show_default=False,
+        ),
     ] = None,
+    store: Annotated[
+        str, typer.Option(envvar="PRM_STORE", help="The model store directory (see `prm publish`).")
+    ] = ServeConfig.store,
+    watch: Annotated[
+        float,
+        typer.Option(
+            envvar="PRM_WATCH",
+            min=0,
+            help="Every this many seconds, swap in a newer store version if one was published (0: only on "
+            "POST /admin/reload).",
+        ),
+    ] = ServeConfig.watch,
     host: Annotated[str, typer.Option(envvar="PRM_HOST", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="PRM_PORT", help="Port to listen on.")] = 8000,
     device: Annotated[str, typer.Option(envvar="PRM_DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -120,8 +138,8 @@ def serve(
     log_level: Annotated[str, typer.Option(envvar="PRM_LOG_LEVEL", help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve /score_steps, /rerank, /health, /ready, /metrics and /v1/models over HTTP."""
-    if not model:
-        typer.echo(NO_MODEL, err=True)
+    if not model and ModelStore(store).default_name() is None:
+        typer.echo(NO_MODEL.format(store=store), err=True)
         raise typer.Exit(2)
     if dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise typer.BadParameter(f"{dtype!r} is not one of auto, float32, bfloat16, float16", param_hint="--dtype")
@@ -131,7 +149,9 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServeConfig(
-        model=model,
+        model=model or None,
+        store=store,
+        watch=watch,
         device=device,
         dtype=dtype,
         max_batch_tokens=max_batch_tokens,
@@ -192,3 +212,15 @@ from service.jobs.data.cli import annotate_app, filter_app, generate  # noqa: E4
 app.command()(generate)
 app.add_typer(annotate_app, name="annotate")
 app.add_typer(filter_app, name="filter")
+
+
+def _register_model_jobs() -> None:
+    from service.jobs.cli import eval_app, publish, synth, train
+
+    app.command()(synth)
+    app.command()(train)
+    app.add_typer(eval_app, name="eval")
+    app.command()(publish)
+
+
+_register_model_jobs()

@@ -5,7 +5,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ServeConfig:
-    model: str
+    model: str | None = None  # a directory, a Hub id or a store NAME[@VERSION]; None: the store's default
+    store: str = "model_store"  # the model store directory (service.store)
+    watch: float = 0.0  # seconds between looks for a newer store version to swap in; 0: only on /admin/reload
     device: str = "auto"
     dtype: str = "auto"
     max_batch_tokens: int | None = None  # None: by device, see runtime.DEFAULT_BATCH_TOKENS

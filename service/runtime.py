@@ -9,6 +9,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from service.config import ServeConfig
 from service.engine import Engine, EngineStopped
@@ -16,6 +17,7 @@ from service.metrics import Metrics
 from service.prm.formatting import EncodedItem, ScoringInput
 from service.prm.loading import FAMILY, LoadedPRM, load_prm
 from service.prm.scorer import PackedScorer
+from service.store import ModelStore, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class Runtime:
         self.fatal_error: str | None = None
         self.draining = False
         self._reload_lock = threading.Lock()
+        self._stopped = threading.Event()
 
     @property
     def ready(self) -> bool:
@@ -72,11 +75,29 @@ class Runtime:
         try:
             self._swap_in(self._load())
         except Exception as error:
-            self._fatal(f"could not load {self.config.model!r}: {type(error).__name__}: {error}")
+            what = repr(self.config.model) if self.config.model else "the store's default model"
+            self._fatal(f"could not load {what}: {type(error).__name__}: {error}")
+            return
+        if self.config.watch > 0:
+            self._watch()
+
+    def _watch(self) -> None:
+        """Swap in a newer store version as soon as one is published (the loader thread lives on for this)."""
+        while not self._stopped.wait(self.config.watch):
+            try:
+                source, _ = self._resolve()
+                if self.serving is not None and Path(source).resolve() != self.serving.prm.path:
+                    log.info("a new version is in the store: reloading")
+                    self.reload()
+            except ReloadInProgress:
+                pass
+            except Exception as error:  # a bad new version must not stop serving the old one
+                log.error("watching the store: %s: %s", type(error).__name__, error)
 
     def reload(self) -> tuple[str, str]:
         """Load the model's source again beside the serving one and swap it in once warmed up.
 
+        A store model without a pinned version resolves to its newest version again.
         Requests already queued finish on the old model; new ones go to the new model.
         Returns (old version, new version).
         """
@@ -90,8 +111,12 @@ class Runtime:
         old.engine.stop()  # drains what it had queued
         return old.prm.version, self._current().prm.version
 
+    def _resolve(self) -> tuple[str, str | None]:
+        return resolve_model(self.config.model, ModelStore(self.config.store))
+
     def _load(self) -> Serving:
-        prm = load_prm(self.config.model, device=self.config.device, dtype=self.config.dtype)
+        source, name = self._resolve()
+        prm = load_prm(source, device=self.config.device, dtype=self.config.dtype, name=name)
         engine = Engine(
             PackedScorer(prm, self.config.min_shared_prefix),
             self.metrics,
@@ -118,6 +143,7 @@ class Runtime:
 
     def stop(self) -> None:
         """Finish queued work (within the drain timeout), then end the worker."""
+        self._stopped.set()
         if self.serving is not None:
             self.serving.engine.stop(timeout=self.config.drain_timeout)
 

@@ -95,9 +95,13 @@ def read_config(path: Path) -> dict:
     return config
 
 
-def load_prm(source: str, device: str = "auto", dtype: str = "auto") -> LoadedPRM:
-    """Load tokenizer and model onto `device`; the head stays float32 whatever `dtype` is."""
-    path, name, revision = resolve_checkpoint(source)
+def load_prm(source: str, device: str = "auto", dtype: str = "auto", name: str | None = None) -> LoadedPRM:
+    """Load tokenizer and model onto `device`; the head stays float32 whatever `dtype` is.
+
+    `name` overrides the display name (the directory's name or the Hub id), e.g. with a store name.
+    """
+    path, default_name, revision = resolve_checkpoint(source)
+    name = name or default_name
     config = read_config(path)
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device, config)

@@ -7,11 +7,14 @@ and loads the safetensors weights into it.
 
 import torch
 from torch import nn
+from torch.nn.functional import cross_entropy
 from transformers import Qwen2Config, Qwen2Model, Qwen2PreTrainedModel
+from transformers.modeling_outputs import TokenClassifierOutput
 
 from service.prm.packing import PackedBatch
 
 NUM_LABELS = 2  # Qwen2.5-Math-PRM's config has no num_labels; the head always has two logits
+IGNORE_INDEX = -100  # label of every token that is not a step separator
 
 
 class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
@@ -24,6 +27,25 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
         hidden = config.hidden_size
         self.score = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, NUM_LABELS))
         self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput:
+        """Two logits at every position (padded batches), as the checkpoint's remote code computes them.
+
+        With `labels` (0/1 at separators, IGNORE_INDEX elsewhere) the loss is the cross-entropy of the
+        separator positions only: the paper's hard-label objective, used by `prm train`.
+        """
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        logits = self.score(hidden.float())
+        loss = None
+        if labels is not None:
+            loss = cross_entropy(logits.view(-1, NUM_LABELS), labels.view(-1), ignore_index=IGNORE_INDEX)
+        return TokenClassifierOutput(loss=loss, logits=logits)
 
     @torch.inference_mode()
     def step_scores(self, batch: PackedBatch) -> torch.Tensor:

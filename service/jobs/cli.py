@@ -1,0 +1,250 @@
+"""`prm synth`, `prm train`, `prm eval processbench|bon` and `prm publish`: the model half of the refresh loop."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from service.config import ServeConfig
+
+eval_app = typer.Typer(
+    help="Measure a PRM the way the paper does: ProcessBench earliest-error F1, and best-of-N reranking.",
+    no_args_is_help=True,
+)
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        help="A store NAME[@VERSION], a checkpoint directory or a Hub id [default: the store's default model].",
+        show_default=False,
+    ),
+]
+StoreOption = Annotated[str, typer.Option(envvar="PRM_STORE", help="The model store directory.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (as for `prm serve`).")]
+DtypeOption = Annotated[str, typer.Option(help="auto, float32 or bfloat16 (as for `prm serve`).")]
+BatchTokensOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="Token budget of one packed batch [default: 2048 on CPU, 16384 on CUDA].", show_default=False
+    ),
+]
+
+
+def synth(
+    out: Annotated[Path, typer.Option(help="Directory for train.jsonl, heldout.jsonl and bon.jsonl.")],
+    train: Annotated[int, typer.Option(min=1, help="Training records (TRL stepwise supervision).")] = 20000,
+    heldout: Annotated[int, typer.Option(min=1, help="Held-out ProcessBench items, half of them faulty.")] = 1000,
+    bon_problems: Annotated[int, typer.Option(min=0, help="Problems in the best-of-N set.")] = 100,
+    bon_n: Annotated[int, typer.Option(min=1, help="Candidate solutions per best-of-N problem.")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same files.")] = 0,
+) -> None:
+    """Write a synthetic arithmetic-reasoning world with exact step labels.
+
+    Multi-step word problems with exact solutions, and faulty ones with one injected error (a wrong
+    calculation, a wrong number copied, a wrong operation, or a slip the final answer survives):
+    train.jsonl as TRL stepwise records for `prm train`, heldout.jsonl as ProcessBench items and
+    bon.jsonl as `prm generate` responses for `prm eval`.
+    """
+    from service.jobs.synth import synthesize
+
+    for kind, path in synthesize(out, train, heldout, bon_problems, bon_n, seed).items():
+        typer.echo(f"{kind}: {path}")
+
+
+def train(
+    base: Annotated[
+        str,
+        typer.Option(
+            help="Where to start: a Qwen2 PRM checkpoint (continue training), a Qwen2 causal LM directory or "
+            "Hub id (e.g. Qwen/Qwen2.5-Math-7B-Instruct: its LM head is replaced by a fresh PRM head), or "
+            "'scratch' (a new small model and a tokenizer trained on the data; see the --scratch-* options)."
+        ),
+    ],
+    data: Annotated[
+        list[str],
+        typer.Option(
+            help="TRL stepwise records (prompt, completions, labels): a JSON/JSONL file or a Hub dataset id; "
+            "repeat for several."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Output directory: the checkpoint, prm.json, and checkpoints/.")],
+    epochs: Annotated[float, typer.Option(min=0, help="Passes over the data.")] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many optimizer steps (-1: use --epochs).")] = -1,
+    lr: Annotated[float, typer.Option(min=0, help="Peak learning rate (cosine schedule after warm-up).")] = 1e-5,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per device per step.")] = 8,
+    grad_accum: Annotated[int, typer.Option(min=1, help="Steps to accumulate before an optimizer update.")] = 1,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            min=8,
+            help="Longest conversation in tokens; longer records are left out and counted "
+            "[default: the model's maximum].",
+            show_default=False,
+        ),
+    ] = None,
+    warmup_ratio: Annotated[float, typer.Option(min=0, max=1, help="Share of steps for linear warm-up.")] = 0.03,
+    weight_decay: Annotated[float, typer.Option(min=0, help="AdamW weight decay.")] = 0.0,
+    bf16: Annotated[bool, typer.Option(help="Mixed precision in bfloat16 (GPUs).")] = False,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations to save memory.")] = False,
+    fsdp: Annotated[str, typer.Option(help="Trainer FSDP mode, e.g. 'full_shard auto_wrap' (under torchrun).")] = "",
+    deepspeed: Annotated[str | None, typer.Option(help="A DeepSpeed JSON config (under deepspeed/torchrun).")] = None,
+    logging_steps: Annotated[int, typer.Option(min=1, help="Log the loss every this many steps.")] = 10,
+    save_steps: Annotated[int, typer.Option(min=1, help="Write a resumable checkpoint every this many steps.")] = 500,
+    seed: Annotated[int, typer.Option(help="Random seed (data order and new weights).")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in OUT/checkpoints.")] = True,
+    eval_processbench: Annotated[
+        list[str] | None,
+        typer.Option(help="ProcessBench files to evaluate the result on; the report goes into prm.json."),
+    ] = None,
+    scratch_hidden_size: Annotated[int, typer.Option(help="Hidden size of a scratch model.")] = 128,
+    scratch_layers: Annotated[int, typer.Option(help="Layers of a scratch model.")] = 4,
+    scratch_heads: Annotated[int, typer.Option(help="Attention heads of a scratch model.")] = 4,
+    scratch_kv_heads: Annotated[int, typer.Option(help="Key/value heads of a scratch model.")] = 2,
+    scratch_intermediate_size: Annotated[int, typer.Option(help="MLP width of a scratch model.")] = 384,
+    scratch_vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary of a scratch model.")] = 512,
+    scratch_max_length: Annotated[int, typer.Option(help="Maximum positions of a scratch model.")] = 1024,
+) -> None:
+    """Train a PRM on stepwise supervision: cross-entropy on the two head logits at step separators only.
+
+    Conversations are formatted by the service's own formatter, so the model is trained on exactly
+    what it will be served. The output directory has the Qwen2.5-Math-PRM-7B layout (prm serve and
+    vLLM load it) plus prm.json; publish it with `prm publish OUT --name NAME`. Multi-GPU:
+    `accelerate launch -m service train ...` or `torchrun --nproc-per-node 8 -m service train ... --fsdp
+    'full_shard auto_wrap'`.
+    """
+    from service.jobs.train.backbone import ScratchShape
+    from service.jobs.train.run import TrainOptions, train_and_evaluate
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = TrainOptions(
+        base=base,
+        data=data,
+        out=out,
+        epochs=epochs,
+        max_steps=max_steps,
+        lr=lr,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_length=max_length,
+        warmup_ratio=warmup_ratio,
+        weight_decay=weight_decay,
+        bf16=bf16,
+        gradient_checkpointing=gradient_checkpointing,
+        fsdp=fsdp,
+        deepspeed=deepspeed,
+        logging_steps=logging_steps,
+        save_steps=save_steps,
+        seed=seed,
+        resume=resume,
+        scratch=ScratchShape(
+            scratch_hidden_size,
+            scratch_layers,
+            scratch_heads,
+            scratch_kv_heads,
+            scratch_intermediate_size,
+            scratch_vocab_size,
+            scratch_max_length,
+        ),
+    )
+    result = train_and_evaluate(options, eval_processbench or [])
+    typer.echo(
+        f"trained on {result.examples} records ({result.too_long} left out as too long) in {result.seconds:.0f} s; "
+        f"loss {result.first_loss} -> {result.last_loss}; checkpoint: {out}"
+    )
+
+
+@eval_app.command("processbench")
+def eval_processbench(
+    data: Annotated[
+        list[str],
+        typer.Option(
+            help="ProcessBench items: JSON array or JSONL files (subset = file stem), or the Hub dataset "
+            "Qwen/ProcessBench (every split); repeat for several."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write the JSON report.")],
+    model: ModelOption = None,
+    store: StoreOption = ServeConfig.store,
+    threshold: Annotated[float, typer.Option(min=0, max=1, help="A step below this score is a wrong step.")] = 0.5,
+    search_threshold: Annotated[
+        str | None,
+        typer.Option(help="Pick the threshold with the best F1 on this subset, then apply it to every subset."),
+    ] = None,
+    predictions: Annotated[Path | None, typer.Option(help="Write per-item predictions (JSONL) here.")] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    max_batch_tokens: BatchTokensOption = None,
+) -> None:
+    """ProcessBench: F1 of identifying the earliest wrong step (or that none is wrong), per subset.
+
+    The prediction is the first step scored below the threshold, else -1. Reported in percent, as the
+    official script prints them: accuracy on erroneous items, on correct items, their harmonic mean F1,
+    avg_f1 over subsets, and how often solutions with a right answer but a wrong step are flagged.
+    """
+    from service.jobs.evaluate.run import EvalModel, run_processbench
+
+    result = run_processbench(
+        EvalModel(model, store, device, dtype, max_batch_tokens), data, out, threshold, search_threshold, predictions
+    )
+    _print_summary(result, ["threshold", "avg_f1"])
+    for name, metrics in result["subsets"].items():
+        typer.echo(f"  {name}: " + ", ".join(f"{key} {_fmt(value)}" for key, value in metrics.items()))
+
+
+@eval_app.command("bon")
+def eval_bon(
+    data: Annotated[
+        str,
+        typer.Option(
+            help="Candidates with known correctness: the Qwen2.5-Math best-of-N test-bed JSONL (question, "
+            "gt, code, pred, score) or `prm generate` output."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write the JSON report (plots go beside it).")],
+    model: ModelOption = None,
+    store: StoreOption = ServeConfig.store,
+    plots: Annotated[Path | None, typer.Option(help="Directory for the PNG plots [default: beside --out].")] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    max_batch_tokens: BatchTokensOption = None,
+) -> None:
+    """Best-of-N: accuracy of the candidate the PRM ranks first, per aggregation of its step scores.
+
+    Reports prm@N for product, min, last and mean beside maj@N, pass@N and pass@1, the share of
+    responses whose lowest step score is their last step (a sign of a PRM judging outcomes), and
+    two PNG plots.
+    """
+    from service.jobs.evaluate.run import EvalModel, run_bon
+
+    result = run_bon(EvalModel(model, store, device, dtype, max_batch_tokens), data, out, plots)
+    _print_summary(result, ["n", "problems", "maj", "pass", "pass@1", "min_at_last_step"])
+    typer.echo("  prm@N: " + ", ".join(f"{how} {_fmt(value)}" for how, value in result["prm"].items()))
+
+
+def publish(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint directory, e.g. the --out of `prm train`.")],
+    name: Annotated[str, typer.Option(help="The model's name in the store (letters, digits, '.', '_', '-').")],
+    store: StoreOption = ServeConfig.store,
+    default: Annotated[bool, typer.Option(help="Also make NAME the store's default model.")] = False,
+) -> None:
+    """Copy a checkpoint into the store as NAME's next version, atomically, and print that version.
+
+    A running `prm serve --model NAME` picks it up on POST /admin/reload, or by itself with --watch.
+    """
+    from service.store import ModelStore
+
+    model_store = ModelStore(store)
+    stored = model_store.publish(checkpoint, name)
+    if default:
+        model_store.set_default(name)
+    typer.echo(stored.version)
+
+
+def _print_summary(result: dict, keys: list[str]) -> None:
+    typer.echo(f"{result['model']}@{result['model_version']}: " + ", ".join(f"{k} {_fmt(result[k])}" for k in keys))
+
+
+def _fmt(value) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else json.dumps(value)

@@ -1,0 +1,1 @@
+"""`prm train`: fine-tune a PRM on stepwise-supervision records with transformers' Trainer."""

@@ -1,0 +1,105 @@
+"""The model `prm train` starts from: a PRM to continue, a causal LM to give a PRM head, or a fresh one.
+
+- an existing `Qwen2ForProcessRewardModel` checkpoint continues training as it is;
+- a Qwen2 causal LM (e.g. Qwen2.5-Math-7B-Instruct) keeps its backbone, drops its LM head and gets a
+  freshly initialised PRM head (Linear(H, H), ReLU, Linear(H, 2));
+- `scratch` builds a small Qwen2 from a config and a byte-level BPE tokenizer trained on the data
+  (digits split one by one), which is how the bundled demo PRM is made.
+
+The tokenizer always ends up with the `<extra_0>` step separator and a chat template.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2Config
+
+from service.prm.formatting import DEFAULT_SYSTEM, STEP_SEPARATOR
+from service.prm.loading import resolve_checkpoint
+from service.prm.model import Qwen2ForProcessRewardModel
+from service.prm.random_checkpoint import CHAT_TEMPLATE, train_tokenizer
+
+SCRATCH = "scratch"
+
+
+class BaseModelError(ValueError):
+    """The base checkpoint cannot become a Qwen2 PRM; the message says why."""
+
+
+@dataclass(frozen=True)
+class ScratchShape:
+    """The size of a model trained from scratch."""
+
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate_size: int = 384
+    vocab_size: int = 512
+    max_length: int = 1024
+
+
+def prepare(base: str, corpus: list[str], shape: ScratchShape, seed: int):
+    """(model in float32, tokenizer) ready for training."""
+    torch.manual_seed(seed)
+    if base == SCRATCH:
+        return _from_scratch(corpus, shape)
+    path, _, _ = resolve_checkpoint(base)
+    config = json.loads((path / "config.json").read_text())
+    if config.get("model_type") != "qwen2":
+        raise BaseModelError(f"{base} is a {config.get('model_type')!r} model; prm train starts from Qwen2 models")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = Qwen2ForProcessRewardModel.from_pretrained(
+        path, dtype=torch.float32, use_safetensors=True, local_files_only=True, attn_implementation="sdpa"
+    )
+    _ensure_separator(tokenizer, model)
+    return model, tokenizer
+
+
+def _from_scratch(corpus: list[str], shape: ScratchShape):
+    tokenizer = train_tokenizer(corpus, shape.vocab_size)
+    config = Qwen2Config(
+        vocab_size=-(-(len(tokenizer) + 1) // 64) * 64,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        max_position_embeddings=shape.max_length,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+    return Qwen2ForProcessRewardModel(config), tokenizer
+
+
+def _ensure_separator(tokenizer: PreTrainedTokenizerBase, model: Qwen2ForProcessRewardModel) -> None:
+    """Add `<extra_0>` (and a ChatML template) where a causal LM's tokenizer lacks them."""
+    if tokenizer.convert_tokens_to_ids(STEP_SEPARATOR) in (None, tokenizer.unk_token_id):
+        tokenizer.add_tokens([STEP_SEPARATOR], special_tokens=True)
+    if len(tokenizer) > model.config.vocab_size:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def corpus_of(records: list[dict]) -> list[str]:
+    """The texts a scratch tokenizer learns from: prompts, steps, and the system prompt and chat roles
+    every conversation carries (repeated as often as they occur, so they become few tokens)."""
+    texts = [record["prompt"] for record in records] + [step for record in records for step in record["completions"]]
+    return texts + [f"system {DEFAULT_SYSTEM} user assistant"] * len(records)
+
+
+def output_config_fixups(out_dir: Path) -> None:
+    """Name the PRM architecture and drop remote-code pointers, so vLLM and `prm serve` load the output."""
+    path = out_dir / "config.json"
+    config = json.loads(path.read_text())
+    config["architectures"] = ["Qwen2ForProcessRewardModel"]
+    config.pop("auto_map", None)
+    path.write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,91 @@
+"""Stepwise-supervision records -> token ids and separator labels, formatted exactly as the service does.
+
+Records are TRL's stepwise supervision (`prompt`, `completions`, `labels`), what `prm filter consensus`
+writes. The conversation goes through the service's own `PRMFormatter`, so a model is trained on the
+very token sequences it is later served with. Only separator positions carry a label.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from service.prm.errors import InputTooLong, InvalidInput
+from service.prm.formatting import PRMFormatter, ScoringInput
+from service.prm.model import IGNORE_INDEX
+
+
+class RecordError(ValueError):
+    """A record that is not stepwise supervision; the message names the record and field."""
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # 1 / 0 at separators, IGNORE_INDEX elsewhere
+
+
+@dataclass
+class Encoded:
+    examples: list[Example]
+    too_long: int  # records longer than the model's maximum length, left out and reported
+
+
+def scoring_input(record: dict, index: int) -> tuple[ScoringInput, list[bool]]:
+    """Check one record's fields and turn it into what the formatter takes."""
+    where = f"record {index} ({record.get('id', 'no id')})"
+    prompt, completions, labels = record.get("prompt"), record.get("completions"), record.get("labels")
+    if not isinstance(prompt, str):
+        raise RecordError(f"{where}: `prompt` must be a string")
+    if not isinstance(completions, list) or not all(isinstance(step, str) for step in completions):
+        raise RecordError(f"{where}: `completions` must be a list of strings")
+    if not isinstance(labels, list) or len(labels) != len(completions):
+        raise RecordError(f"{where}: `labels` must be a list with one bool per completion")
+    return ScoringInput(problem=prompt, steps=completions, system=record.get("system")), [bool(x) for x in labels]
+
+
+def encode_records(records: list[dict], formatter: PRMFormatter) -> Encoded:
+    examples, too_long = [], 0
+    for index, record in enumerate(records):
+        item, labels = scoring_input(record, index)
+        try:
+            encoded = formatter.encode(item)
+        except InputTooLong:
+            too_long += 1
+            continue
+        except InvalidInput as error:
+            raise RecordError(f"record {index} ({record.get('id', 'no id')}): {error}") from error
+        token_labels = [IGNORE_INDEX] * len(encoded.input_ids)
+        for position, label in zip(encoded.separator_positions, labels, strict=True):
+            token_labels[position] = int(label)
+        examples.append(Example(encoded.input_ids, token_labels))
+    return Encoded(examples, too_long)
+
+
+class StepwiseDataset(torch.utils.data.Dataset):
+    def __init__(self, examples: list[Example]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.examples[index]
+        return {"input_ids": example.input_ids, "labels": example.labels}
+
+
+def collate(pad_token_id: int):
+    """Right-pad a batch; padding is masked out of attention and of the loss."""
+
+    def pad(batch: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(example["input_ids"]) for example in batch)
+        input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, example in enumerate(batch):
+            length = len(example["input_ids"])
+            input_ids[row, :length] = torch.tensor(example["input_ids"])
+            labels[row, :length] = torch.tensor(example["labels"])
+            attention_mask[row, :length] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    return pad

@@ -1,0 +1,174 @@
+"""Run a training job: records -> examples -> transformers' Trainer -> a servable checkpoint + prm.json.
+
+The Trainer brings checkpointing, resume, mixed precision and multi-GPU (`accelerate launch` /
+`torchrun` with FSDP or DeepSpeed), so this module only wires data, model and output layout.
+The output directory has exactly the Qwen2.5-Math-PRM-7B layout; Trainer checkpoints go to
+`<out>/checkpoints/`, which `prm publish` leaves behind.
+"""
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from service import __version__
+from service.jobs.records import read_records
+from service.jobs.train.backbone import SCRATCH, ScratchShape, corpus_of, output_config_fixups, prepare
+from service.jobs.train.data import StepwiseDataset, collate, encode_records
+from service.prm.formatting import PRMFormatter
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "prm.json"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class TrainOptions:
+    base: str
+    data: list[str]
+    out: Path
+    epochs: float = 1.0
+    max_steps: int = -1
+    lr: float = 1e-5
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int | None = None
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    fsdp: str = ""
+    deepspeed: str | None = None
+    logging_steps: int = 10
+    save_steps: int = 500
+    seed: int = 0
+    resume: bool = True
+    scratch: ScratchShape = field(default_factory=ScratchShape)
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    examples: int
+    too_long: int
+    first_loss: float | None
+    last_loss: float | None
+    seconds: float
+    main_process: bool = True
+
+
+def train(options: TrainOptions) -> TrainResult:
+    started = time.monotonic()
+    records = [record for source in options.data for record in read_records(source)]
+    if not records:
+        raise ValueError("the training data has no records")
+    model, tokenizer = prepare(options.base, corpus_of(records), options.scratch, options.seed)
+    formatter = PRMFormatter(tokenizer, max_length=options.max_length or model.config.max_position_embeddings)
+    encoded = encode_records(records, formatter)
+    if encoded.too_long:
+        log.warning("left out %d records longer than %d tokens", encoded.too_long, formatter.max_length)
+    if not encoded.examples:
+        raise ValueError(f"every record is longer than {formatter.max_length} tokens; raise --max-length")
+
+    checkpoints = options.out / CHECKPOINTS
+    trainer = Trainer(
+        model=model,
+        args=_training_arguments(options, checkpoints),
+        train_dataset=StepwiseDataset(encoded.examples),
+        data_collator=collate(tokenizer.pad_token_id),
+    )
+    resume = options.resume and any(checkpoints.glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(options.out))
+        tokenizer.save_pretrained(options.out)
+        output_config_fixups(options.out)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    result = TrainResult(
+        options.out,
+        len(encoded.examples),
+        encoded.too_long,
+        losses[0] if losses else None,
+        losses[-1] if losses else None,
+        time.monotonic() - started,
+    )
+    result.main_process = trainer.is_world_process_zero()
+    return result
+
+
+def train_and_evaluate(options: TrainOptions, processbench_files: list[str]) -> TrainResult:
+    """Train, then evaluate the saved checkpoint on ProcessBench files and write prm.json with the report."""
+    result = train(options)
+    if not result.main_process:
+        return result
+    metrics = {}
+    if processbench_files:
+        from service.jobs.evaluate.run import EvalModel, run_processbench
+
+        report = run_processbench(EvalModel(str(options.out)), processbench_files, options.out / "processbench.json")
+        metrics["processbench"] = {key: report[key] for key in ("threshold", "subsets", "avg_f1")}
+    write_manifest(options, result, metrics)
+    return result
+
+
+def _training_arguments(options: TrainOptions, checkpoints: Path) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=options.epochs,
+        max_steps=options.max_steps,
+        learning_rate=options.lr,
+        per_device_train_batch_size=options.batch_size,
+        gradient_accumulation_steps=options.grad_accum,
+        warmup_steps=options.warmup_ratio,  # a float below 1 is a share of the total steps
+        weight_decay=options.weight_decay,
+        lr_scheduler_type="cosine",
+        bf16=options.bf16,
+        activation_checkpointing=options.gradient_checkpointing,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        fsdp=options.fsdp,
+        deepspeed=options.deepspeed,
+        logging_steps=options.logging_steps,
+        save_steps=options.save_steps,
+        save_total_limit=2,
+        seed=options.seed,
+        remove_unused_columns=False,
+        report_to="none",
+    )
+
+
+def write_manifest(options: TrainOptions, result: TrainResult, metrics: dict | None = None) -> Path:
+    """prm.json: what the checkpoint was made from and how, so a published version explains itself."""
+    hyperparameters = asdict(options)
+    for key in ("base", "data", "out"):
+        hyperparameters.pop(key)
+    manifest = {
+        "base": options.base if options.base == SCRATCH else str(options.base),
+        "data": [_describe_data(source) for source in options.data],
+        "hyperparameters": hyperparameters,
+        "training": {
+            "examples": result.examples,
+            "left_out_too_long": result.too_long,
+            "first_loss": result.first_loss,
+            "last_loss": result.last_loss,
+            "seconds": round(result.seconds, 1),
+        },
+        "metrics": metrics or {},
+        "prm_service_version": __version__,
+    }
+    path = options.out / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def _describe_data(source: str) -> dict:
+    path = Path(source)
+    if not path.is_file():
+        return {"dataset": source}
+    return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}

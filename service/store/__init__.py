@@ -1,0 +1,5 @@
+"""The model store: versioned PRM checkpoints on disk that `prm serve` resolves and hot-reloads."""
+
+from service.store.store import DEFAULT_STORE, ModelStore, StoredModel, StoreError, resolve_model
+
+__all__ = ["DEFAULT_STORE", "ModelStore", "StoreError", "StoredModel", "resolve_model"]

@@ -1,0 +1,53 @@
+"""`prm synth`: deterministic, and every label is what the written arithmetic says."""
+
+import json
+import re
+
+from service.jobs.synth import synthesize
+
+EQUATION = re.compile(r"(\d+) ([+\-×÷]) (\d+) = (\d+)")
+OPERATIONS = {"+": int.__add__, "-": int.__sub__, "×": int.__mul__, "÷": int.__floordiv__}
+
+
+def arithmetic_holds(step: str) -> bool:
+    match = EQUATION.search(step)
+    if not match:
+        return True  # the answer step
+    left, operation, right, result = match.groups()
+    return OPERATIONS[operation](int(left), int(right)) == int(result)
+
+
+def test_the_same_seed_writes_the_same_files(tmp_path):
+    first = synthesize(tmp_path / "a", train=50, heldout=20, bon_problems=3, bon_n=4, seed=7)
+    second = synthesize(tmp_path / "b", train=50, heldout=20, bon_problems=3, bon_n=4, seed=7)
+    for kind in first:
+        assert first[kind].read_bytes() == second[kind].read_bytes()
+    assert synthesize(tmp_path / "c", 50, 20, 3, 4, seed=8)["train"].read_bytes() != first["train"].read_bytes()
+
+
+def test_labels_match_the_written_solutions(tmp_path):
+    paths = synthesize(tmp_path, train=400, heldout=400, bon_problems=10, bon_n=8, seed=0)
+    heldout = [json.loads(line) for line in paths["heldout"].read_text().splitlines()]
+    kinds = {item["generator"] for item in heldout}
+    assert kinds == {"synth-exact", "synth-calculation", "synth-copy", "synth-operation", "synth-slip"}
+    assert 150 < sum(item["label"] == -1 for item in heldout) < 250  # balanced like ProcessBench
+    for item in heldout:
+        label, steps = item["label"], item["steps"]
+        before = steps if label == -1 else steps[:label]
+        assert all(arithmetic_holds(step) for step in before), item
+        assert item["steps"][-1].startswith("The answer is \\boxed{")
+        if item["generator"] in ("synth-calculation", "synth-slip"):
+            assert not arithmetic_holds(steps[label]), item
+        # a slip leaves the answer right; the other errors carry through to a wrong answer
+        assert item["final_answer_correct"] == (label == -1 or item["generator"] == "synth-slip")
+
+    train = [json.loads(line) for line in paths["train"].read_text().splitlines()]
+    assert {item["prompt"] for item in train}.isdisjoint(item["problem"] for item in heldout)
+    for record in train:
+        assert len(record["labels"]) == len(record["completions"])
+        assert all(record["labels"][:-1])  # the steps are cut right after the first error
+
+    bon = [json.loads(line) for line in paths["bon"].read_text().splitlines()]
+    assert len(bon) == 80 and len({record["problem_id"] for record in bon}) == 10
+    for record in bon:
+        assert record["correct"] == (record["final_answer"] == record["answer"])

@@ -1,0 +1,92 @@
+"""`prm train`: a tiny model learns, and its checkpoint scores the same in training code, in process and over HTTP."""
+
+import json
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from service.jobs.synth import synthesize
+from service.jobs.train.backbone import ScratchShape
+from service.jobs.train.run import TrainOptions, train_and_evaluate
+from service.prm.formatting import ScoringInput
+from service.prm.loading import load_prm
+from service.prm.model import Qwen2ForProcessRewardModel
+from service.prm.random_checkpoint import SMOKE_TEST_CORPUS, build_random_causal_lm
+from service.prm.scorer import PackedScorer
+from tests.conftest import Server
+from tests.test_cli import run_prm
+
+TINY = ScratchShape(
+    hidden_size=64, layers=2, heads=2, kv_heads=1, intermediate_size=128, vocab_size=400, max_length=512
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    data = synthesize(root / "synth", train=16, heldout=24, bon_problems=0, bon_n=1, seed=3)
+    options = TrainOptions(
+        base="scratch", data=[str(data["train"])], out=root / "prm", lr=3e-3, batch_size=16, max_steps=80,
+        logging_steps=10, save_steps=40, warmup_ratio=0.0, scratch=TINY,
+    )  # fmt: skip
+    result = train_and_evaluate(options, [str(data["heldout"])])
+    return result, data
+
+
+def test_training_lowers_the_loss_and_writes_the_hub_layout(trained):
+    result, data = trained
+    assert result.examples == 16 and result.too_long == 0
+    assert result.last_loss < 0.2 * result.first_loss  # 16 records: it learns them by heart
+    out = result.out
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForProcessRewardModel"] and "auto_map" not in config
+    weights = load_file(out / "model.safetensors")
+    assert weights["score.0.weight"].shape == (64, 64) and weights["score.2.weight"].shape == (2, 64)
+    assert not any(name.startswith("lm_head") for name in weights)
+    manifest = json.loads((out / "prm.json").read_text())
+    assert manifest["data"][0]["file"] == "train.jsonl" and len(manifest["data"][0]["sha256"]) == 64
+    assert manifest["hyperparameters"]["lr"] == 3e-3 and manifest["training"]["examples"] == 16
+    assert manifest["metrics"]["processbench"]["subsets"]["heldout"]["n"] == 24
+    assert (out / "checkpoints" / "checkpoint-80").is_dir()  # resumable Trainer state, left out by publish
+
+
+def test_the_trained_checkpoint_scores_identically_in_and_out_of_the_service(trained):
+    result, data = trained
+    items = [json.loads(line) for line in data["heldout"].read_text().splitlines()[:6]]
+    inputs = [ScoringInput(problem=item["problem"], steps=item["steps"]) for item in items]
+
+    prm = load_prm(str(result.out), device="cpu")
+    served_in_process = PackedScorer(prm).score([prm.formatter.encode(item) for item in inputs]).scores
+
+    # the training code's own forward (padded, sdpa), one conversation at a time
+    model = Qwen2ForProcessRewardModel.from_pretrained(result.out, dtype=torch.float32).eval()
+    for encoded, scores in zip((prm.formatter.encode(item) for item in inputs), served_in_process, strict=True):
+        with torch.no_grad():
+            logits = model(torch.tensor([encoded.input_ids])).logits[0, encoded.separator_positions]
+        assert scores == pytest.approx(torch.softmax(logits, -1)[:, 1].tolist(), abs=1e-5)
+
+    server = Server("--model", str(result.out)).wait_ready()
+    try:
+        body = {"items": [{"problem": item.problem, "steps": item.steps} for item in inputs]}
+        response = httpx.post(f"{server.url}/score_steps", json=body, timeout=30).json()
+    finally:
+        server.stop()
+    for over_http, in_process in zip(response["results"], served_in_process, strict=True):
+        assert over_http["step_scores"] == pytest.approx(in_process, abs=1e-6)
+
+
+def test_a_causal_lm_keeps_its_backbone_and_gets_a_prm_head(tmp_path, trained):
+    _, data = trained
+    base = build_random_causal_lm(tmp_path / "policy", SMOKE_TEST_CORPUS + [data["train"].read_text()[:4000]])
+    out = tmp_path / "prm"
+    result = run_prm("train", "--base", str(base), "--data", str(data["train"]), "--out", str(out), "--max-steps", "2",
+                     "--lr", "1e-6", "--batch-size", "4")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "trained on 16 records" in result.stdout
+    before, after = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+    name = "model.embed_tokens.weight"
+    assert torch.allclose(before[name], after[name], atol=1e-4)  # the backbone came along, barely moved
+    assert "lm_head.weight" not in after and "score.2.weight" in after
+    load_prm(str(out), device="cpu")  # the service takes it
