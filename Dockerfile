@@ -1,8 +1,11 @@
 # prm-service: one image for the scoring service and the offline jobs.
 #   docker build -t prm-service .                                  # CUDA build of torch
 #   docker build -t prm-service:vllm --build-arg WITH_VLLM=1 .     # plus vLLM, for the annotation profile
-#   docker run --gpus all -p 8000:8000 -v /srv/models:/models:ro prm-service prm serve --model /models/my-prm --host 0.0.0.0
-# Weights are never baked in: mount them at /models (read-only) or let the Hub cache volume fill.
+#   docker run --gpus all -p 8000:8000 prm-service                                   # serves the bundled demo PRM
+#   docker run --gpus all -p 8000:8000 -v /srv/store:/models:ro prm-service          # your model store instead
+#   docker run --gpus all -p 8000:8000 -e PRM_MODEL=Qwen/Qwen2.5-Math-PRM-7B prm-service
+# Only the few-MB demo PRM is baked in (as the store at /models); mount real weights or a store there,
+# or let the Hub cache volume fill.
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 ARG WITH_VLLM=0
@@ -13,7 +16,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/venv/bin:$PATH \
     HF_HOME=/cache/huggingface \
     PRM_HOST=0.0.0.0 \
-    PRM_PORT=8000
+    PRM_PORT=8000 \
+    PRM_STORE=/models
 
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-dev build-essential curl \
@@ -29,8 +33,9 @@ COPY service ./service
 RUN pip install . \
  && if [ "$WITH_VLLM" = "1" ]; then pip install ".[vllm]"; fi
 
+COPY model_store /models
 RUN useradd --create-home --uid 10001 prm \
- && mkdir -p /models /cache/huggingface \
+ && mkdir -p /cache/huggingface \
  && chown -R prm /cache
 USER prm
 VOLUME ["/cache/huggingface"]

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from service.config import ServeConfig
+from service.jobs.cli import eval_app, publish, synth, train
+from service.jobs.data.cli import annotate_app, filter_app, generate
 from service.store import ModelStore
 
 app = typer.Typer(
@@ -34,7 +36,7 @@ def serve(
         typer.Option(
             envvar="PRM_MODEL",
             help="A store model NAME or NAME@VERSION, a checkpoint directory, or a Hub id "
-            "(Qwen2ForProcessRewardModel) [default: the newest version of the store's default model].",
+            "(Qwen2ForProcessRewardModel) (default: the newest version of the store's default model).",
             show_default=False,
         ),
     ] = None,
@@ -62,7 +64,7 @@ def serve(
         typer.Option(
             envvar="PRM_MAX_BATCH_TOKENS",
             min=1,
-            help="Token budget of one packed batch [default: 2048 on CPU, 16384 on CUDA].",
+            help="Token budget of one packed batch (default: 2048 on CPU, 16384 on CUDA).",
             show_default=False,
         ),
     ] = None,
@@ -207,20 +209,11 @@ def _server_class():
     return DrainingServer
 
 
-from service.jobs.data.cli import annotate_app, filter_app, generate  # noqa: E402 - the data jobs' commands
-
+# The offline jobs: data (generate -> annotate -> filter) and model (synth, train, eval, publish).
 app.command()(generate)
 app.add_typer(annotate_app, name="annotate")
 app.add_typer(filter_app, name="filter")
-
-
-def _register_model_jobs() -> None:
-    from service.jobs.cli import eval_app, publish, synth, train
-
-    app.command()(synth)
-    app.command()(train)
-    app.add_typer(eval_app, name="eval")
-    app.command()(publish)
-
-
-_register_model_jobs()
+app.command()(synth)
+app.command()(train)
+app.add_typer(eval_app, name="eval")
+app.command()(publish)

@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from service.prm.loading import CheckpointError, load_prm
+from service.prm.checkpoint import CheckpointError
+from service.prm.loading import load_prm
 from service.prm.random_checkpoint import build_random_checkpoint
 from tests.conftest import tokenizer_corpus
 

@@ -21,10 +21,10 @@ def run_prm(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
-def test_serve_without_a_model_says_how_to_pass_one():
-    result = run_prm("serve")
+def test_serve_without_a_model_or_a_store_default_says_how_to_pass_one(tmp_path):
+    result = run_prm("serve", "--store", str(tmp_path))
     assert result.returncode == 2
-    assert "pass --model" in result.stderr and "PRM_MODEL" in result.stderr
+    assert "pass --model" in result.stderr and "PRM_MODEL" in result.stderr and str(tmp_path) in result.stderr
     assert result.stderr.count("\n") == 1  # one sentence, no traceback
 
 

@@ -115,3 +115,12 @@ def test_eval_bon_end_to_end_writes_report_and_plots(checkpoint, reference, tmp_
     assert report["prm"] == pytest.approx(expected["prm"])  # the same picks as the model card's scores give
     for plot in report["plots"]:
         assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_unknown_threshold_subset_is_refused_before_loading_anything(tmp_path):
+    data = str(FIXTURES / "processbench_sample.json")
+    out = str(tmp_path / "r.json")
+    result = run_prm("eval", "processbench", "--model", str(tmp_path), "--data", data, "--out", out,
+                     "--search-threshold", "gsm8k")  # fmt: skip
+    assert result.returncode == 2
+    assert "'gsm8k' is not a subset (subsets: processbench_sample)" in result.stderr

@@ -11,7 +11,8 @@ import pytest
 from service.jobs.data.annotate_judge import judge_prompt, parse_verdict
 from service.jobs.data.answers import Grader, extract_answer, last_boxed
 from service.jobs.data.problems import load_problems
-from service.jobs.data.records import InputError, JsonlOutput, Shard, pending
+from service.jobs.data.records import JsonlOutput, Shard, pending
+from service.jobs.records import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -11,6 +11,7 @@ import pytest
 from service.prm.random_checkpoint import build_random_checkpoint
 from tests.conftest import Server, tokenizer_corpus
 from tests.model_card import ModelCardPRM
+from tests.test_cli import run_prm
 
 TOLERANCE = 1e-5
 
@@ -93,3 +94,52 @@ def test_sigterm_drains_admitted_requests_and_exits_zero(checkpoint, processbenc
         assert response.status_code == 200, response.text
     refused = [r for _, r in outcomes if not isinstance(r, httpx.Response)]
     assert all(isinstance(error, httpx.TransportError) for error in refused)  # after the listener closed
+
+
+def test_a_published_version_is_swapped_in_by_watch_under_load(tmp_path, checkpoint, processbench_items):
+    store = tmp_path / "store"
+    assert run_prm("publish", str(checkpoint), "--name", "tiny", "--store", str(store)).stdout.strip() == "v1"
+    old = ModelCardPRM(store / "tiny" / "v1")
+    server = Server("--store", str(store), "--watch", "0.2").wait_ready()  # no --model: the store's only model
+    try:
+        assert httpx.get(f"{server.url}/ready").json() == {"status": "ready", "model": "tiny", "model_version": "v1"}
+        load = Load(server.url, bodies(processbench_items))
+        time.sleep(1.0)
+        retrained = build_random_checkpoint(tmp_path / "retrained", tokenizer_corpus(), seed=7)
+        assert run_prm("publish", str(retrained), "--name", "tiny", "--store", str(store)).stdout.strip() == "v2"
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{server.url}/ready").json()["model_version"] != "v2" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        outcomes = load.stop()
+        card = httpx.get(f"{server.url}/v1/models").json()["data"][0]
+    finally:
+        server.stop()
+    new = ModelCardPRM(store / "tiny" / "v2")
+    assert (card["id"], card["version"]) == ("tiny", "v2")
+    versions = set()
+    for item, response in outcomes:
+        assert isinstance(response, httpx.Response) and response.status_code == 200, response
+        body = response.json()
+        versions.add(body["model_version"])
+        reference = old if body["model_version"] == "v1" else new
+        assert body["step_scores"] == pytest.approx(reference.step_rewards(**item), abs=TOLERANCE)
+    assert versions == {"v1", "v2"}
+
+
+def test_admin_reload_takes_the_newest_version_unless_one_is_pinned(tmp_path, checkpoint):
+    store = tmp_path / "store"
+    for _ in range(2):
+        run_prm("publish", str(checkpoint), "--name", "tiny", "--store", str(store))
+    admin = {"Authorization": "Bearer admin"}
+    newest = Server("--store", str(store), "--model", "tiny", env={"PRM_ADMIN_KEYS": "admin"})
+    pinned = Server("--store", str(store), "--model", "tiny@v1", env={"PRM_ADMIN_KEYS": "admin"})
+    try:
+        newest.wait_ready(), pinned.wait_ready()
+        run_prm("publish", str(checkpoint), "--name", "tiny", "--store", str(store))
+        reloaded = httpx.post(f"{newest.url}/admin/reload", headers=admin, timeout=60).json()
+        assert (reloaded["previous_version"], reloaded["model_version"]) == ("v2", "v3")
+        reloaded = httpx.post(f"{pinned.url}/admin/reload", headers=admin, timeout=60).json()
+        assert (reloaded["previous_version"], reloaded["model_version"]) == ("v1", "v1")
+    finally:
+        newest.stop(), pinned.stop()

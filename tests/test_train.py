@@ -90,3 +90,12 @@ def test_a_causal_lm_keeps_its_backbone_and_gets_a_prm_head(tmp_path, trained):
     assert torch.allclose(before[name], after[name], atol=1e-4)  # the backbone came along, barely moved
     assert "lm_head.weight" not in after and "score.2.weight" in after
     load_prm(str(out), device="cpu")  # the service takes it
+
+
+def test_a_bad_record_stops_training_with_one_line_naming_it(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"id": "ok", "prompt": "p", "completions": ["a"], "labels": [true]}\n'
+                    '{"id": "x7", "prompt": "p", "completions": ["a", "b"], "labels": [true]}\n')  # fmt: skip
+    result = run_prm("train", "--base", "scratch", "--data", str(data), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: record 1 (x7): `labels` must be a list with one bool per completion"

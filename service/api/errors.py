@@ -10,8 +10,8 @@ from starlette.exceptions import HTTPException
 from service.api.auth import Forbidden, Unauthorized
 from service.engine import DeadlineExceeded, EngineStopped, Overloaded
 from service.metrics import Metrics
+from service.prm.checkpoint import CheckpointError
 from service.prm.errors import DeviceOutOfMemory, InputTooLong, InvalidInput
-from service.prm.loading import CheckpointError
 from service.runtime import NotReady, ReloadInProgress
 
 log = logging.getLogger(__name__)

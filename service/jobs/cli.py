@@ -2,6 +2,8 @@
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +19,7 @@ eval_app = typer.Typer(
 ModelOption = Annotated[
     str | None,
     typer.Option(
-        help="A store NAME[@VERSION], a checkpoint directory or a Hub id [default: the store's default model].",
+        help="A store NAME or NAME@VERSION, a checkpoint directory or a Hub id (default: the store's default model).",
         show_default=False,
     ),
 ]
@@ -27,7 +29,7 @@ DtypeOption = Annotated[str, typer.Option(help="auto, float32 or bfloat16 (as fo
 BatchTokensOption = Annotated[
     int | None,
     typer.Option(
-        min=1, help="Token budget of one packed batch [default: 2048 on CPU, 16384 on CUDA].", show_default=False
+        min=1, help="Token budget of one packed batch (default: 2048 on CPU, 16384 on CUDA).", show_default=False
     ),
 ]
 
@@ -80,7 +82,7 @@ def train(
         typer.Option(
             min=8,
             help="Longest conversation in tokens; longer records are left out and counted "
-            "[default: the model's maximum].",
+            "(default: the model's maximum).",
             show_default=False,
         ),
     ] = None,
@@ -148,7 +150,8 @@ def train(
             scratch_max_length,
         ),
     )
-    result = train_and_evaluate(options, eval_processbench or [])
+    with _input_errors():
+        result = train_and_evaluate(options, eval_processbench or [])
     typer.echo(
         f"trained on {result.examples} records ({result.too_long} left out as too long) in {result.seconds:.0f} s; "
         f"loss {result.first_loss} -> {result.last_loss}; checkpoint: {out}"
@@ -185,9 +188,9 @@ def eval_processbench(
     """
     from service.jobs.evaluate.run import EvalModel, run_processbench
 
-    result = run_processbench(
-        EvalModel(model, store, device, dtype, max_batch_tokens), data, out, threshold, search_threshold, predictions
-    )
+    with _input_errors():
+        prm = EvalModel(model, store, device, dtype, max_batch_tokens)
+        result = run_processbench(prm, data, out, threshold, search_threshold, predictions)
     _print_summary(result, ["threshold", "avg_f1"])
     for name, metrics in result["subsets"].items():
         typer.echo(f"  {name}: " + ", ".join(f"{key} {_fmt(value)}" for key, value in metrics.items()))
@@ -205,7 +208,7 @@ def eval_bon(
     out: Annotated[Path, typer.Option(help="Where to write the JSON report (plots go beside it).")],
     model: ModelOption = None,
     store: StoreOption = ServeConfig.store,
-    plots: Annotated[Path | None, typer.Option(help="Directory for the PNG plots [default: beside --out].")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Directory for the PNG plots (default: beside --out).")] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     max_batch_tokens: BatchTokensOption = None,
@@ -218,7 +221,8 @@ def eval_bon(
     """
     from service.jobs.evaluate.run import EvalModel, run_bon
 
-    result = run_bon(EvalModel(model, store, device, dtype, max_batch_tokens), data, out, plots)
+    with _input_errors():
+        result = run_bon(EvalModel(model, store, device, dtype, max_batch_tokens), data, out, plots)
     _print_summary(result, ["n", "problems", "maj", "pass", "pass@1", "min_at_last_step"])
     typer.echo("  prm@N: " + ", ".join(f"{how} {_fmt(value)}" for how, value in result["prm"].items()))
 
@@ -236,10 +240,27 @@ def publish(
     from service.store import ModelStore
 
     model_store = ModelStore(store)
-    stored = model_store.publish(checkpoint, name)
-    if default:
-        model_store.set_default(name)
+    with _input_errors():
+        stored = model_store.publish(checkpoint, name)
+        if default:
+            model_store.set_default(name)
     typer.echo(stored.version)
+
+
+@contextmanager
+def _input_errors() -> Iterator[None]:
+    """Turn the jobs' input errors (a bad record, file, checkpoint or store name) into one line and exit 2."""
+    from service.jobs.evaluate.scoring import EncodeError
+    from service.jobs.records import InputError
+    from service.jobs.train.backbone import BaseModelError
+    from service.jobs.train.data import RecordError
+    from service.prm.checkpoint import CheckpointError
+
+    try:
+        yield
+    except (InputError, RecordError, EncodeError, BaseModelError, CheckpointError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _print_summary(result: dict, keys: list[str]) -> None:

@@ -63,7 +63,7 @@ def apply(value: int, operation: str, operand: int) -> int:
 def make_problem(rng: random.Random, problem_id: str) -> Problem:
     """A story of 2 to 4 changes whose running value stays a positive integer below 1000."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    start = rng.randint(10, 60)
+    start = rng.randint(10, 40)
     value, events, values = start, [], []
     for _ in range(rng.randint(2, 4)):
         event = _make_event(rng, value, name, item)
@@ -79,11 +79,11 @@ def _make_event(rng: random.Random, value: int, name: str, item: str) -> Event:
     choices = ["add", "group", "times"] if value < 12 else ["add", "sub", "group", "times", "half"]
     if value % 2 or value < 12:
         choices = [c for c in choices if c != "half"]
-    if value > 50:
+    if value > 40:
         choices = [c for c in choices if c != "times"]
     kind = rng.choice(choices)
     if kind == "add":
-        amount = rng.randint(2, 40)
+        amount = rng.randint(2, 20)
         verb, doing = rng.choice(
             [("buys", "buying"), ("finds", "finding"), ("is given", "being given"), ("wins", "winning")]
         )
@@ -91,13 +91,13 @@ def _make_event(rng: random.Random, value: int, name: str, item: str) -> Event:
             f"Then {name} {verb} {amount} more {item}.", f"After {doing} {amount} more, {name} has", "+", amount
         )
     if kind == "sub":
-        amount = rng.randint(2, value - 5)
+        amount = rng.randint(2, min(20, value - 5))
         verb, doing = rng.choice(
             [("gives away", "giving away"), ("loses", "losing"), ("sells", "selling"), ("uses", "using")]
         )
         return Event(f"Then {name} {verb} {amount} {item}.", f"After {doing} {amount}, {name} has", "-", amount)
     if kind == "group":
-        count, size = rng.randint(2, 9), rng.randint(2, 9)
+        count, size = rng.randint(2, 5), rng.randint(2, 6)
         story = f"Then {name} gets {count} bags with {size} {item} in each bag."
         return Event(story, f"With the bags, {name} has", "+", count * size, (count, size))
     if kind == "times":
@@ -191,9 +191,9 @@ def _wrong_number(rng: random.Random, exact: int) -> int:
     for _ in range(20):
         choice = rng.random()
         if choice < 0.45:
-            wrong = exact + rng.choice([-1, 1]) * rng.randint(1, 9)
+            wrong = exact + rng.choice([-1, 1]) * rng.randint(1, 5)
         elif choice < 0.8:
-            wrong = exact + rng.choice([-10, 10, -20, 20])
+            wrong = exact + rng.choice([-10, 10])
         else:
             wrong = int(str(exact)[::-1]) if exact >= 10 else exact + rng.randint(1, 9)
         if wrong > 0 and wrong != exact:

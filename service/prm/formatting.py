@@ -5,10 +5,12 @@ and evaluation format conversations identically.
 """
 
 from dataclasses import dataclass
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from service.prm.errors import InputTooLong, InvalidInput
+
+if TYPE_CHECKING:  # transformers is slow to import, and the command line only needs split_steps from here
+    from transformers import PreTrainedTokenizerBase
 
 STEP_SEPARATOR = "<extra_0>"
 DEFAULT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -37,7 +39,7 @@ class EncodedItem:
 class PRMFormatter:
     """Renders (system, problem, steps) with the checkpoint's chat template and tokenises it."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int):
+    def __init__(self, tokenizer: "PreTrainedTokenizerBase", max_length: int):
         separator_id = tokenizer.convert_tokens_to_ids(STEP_SEPARATOR)
         if separator_id is None or separator_id == tokenizer.unk_token_id:
             raise ValueError(f"the tokenizer has no {STEP_SEPARATOR} token: this is not a step-separated PRM")

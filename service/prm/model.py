@@ -33,18 +33,26 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> TokenClassifierOutput:
         """Two logits at every position (padded batches), as the checkpoint's remote code computes them.
 
         With `labels` (0/1 at separators, IGNORE_INDEX elsewhere) the loss is the cross-entropy of the
-        separator positions only: the paper's hard-label objective, used by `prm train`.
+        separator positions only: the paper's hard-label objective, used by `prm train`. The Trainer passes
+        `num_items_in_batch` (labelled positions over all accumulated micro-batches), so that gradient
+        accumulation averages over separators, not over micro-batches.
         """
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         logits = self.score(hidden.float())
         loss = None
         if labels is not None:
-            loss = cross_entropy(logits.view(-1, NUM_LABELS), labels.view(-1), ignore_index=IGNORE_INDEX)
+            flat_logits, flat_labels = logits.view(-1, NUM_LABELS), labels.view(-1).to(logits.device)
+            if num_items_in_batch is None:
+                loss = cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX)
+            else:
+                loss = cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+                loss = loss / num_items_in_batch
         return TokenClassifierOutput(loss=loss, logits=logits)
 
     @torch.inference_mode()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.prm.loading import HUB_DATA_FILES, CheckpointError, read_config
+from service.prm.checkpoint import HUB_DATA_FILES, CheckpointError, read_config
 
 DEFAULT_STORE = Path("model_store")
 MANIFEST = "prm.json"

@@ -16,8 +16,9 @@ from typing import Annotated
 import typer
 
 from service.jobs.data.backends import Backend, BackendUnavailable, Sampling
-from service.jobs.data.records import InputError, JsonlOutput, Shard
+from service.jobs.data.records import JsonlOutput, Shard
 from service.jobs.data.runner import JobStats
+from service.jobs.records import InputError
 from service.prm.formatting import DEFAULT_SYSTEM
 
 annotate_app = typer.Typer(

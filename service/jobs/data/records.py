@@ -12,26 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, Self
 
+from service.jobs.records import InputError, read_jsonl
+
 logger = logging.getLogger(__name__)
-
-
-class InputError(ValueError):
-    """An input file that a job cannot read: the job stops before it starts."""
-
-
-def read_jsonl(path: Path) -> Iterator[dict]:
-    """Records of a JSON Lines file, one at a time; blank lines are skipped."""
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path}:{number}: not a JSON object ({error})") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{path}:{number}: not a JSON object")
-            yield record
 
 
 class Shard(NamedTuple):

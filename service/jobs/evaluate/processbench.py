@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from service.jobs.evaluate.stats import harmonic_mean, percent
-from service.jobs.records import read_records
+from service.jobs.records import InputError, read_records
 from service.prm.formatting import ScoringInput
 
 HUB_DATASET = "Qwen/ProcessBench"
@@ -32,7 +32,7 @@ def load_subsets(sources: list[str]) -> dict[str, list[dict]]:
         for item in items:
             missing = {"id", "problem", "steps", "label"} - item.keys()
             if missing:
-                raise ValueError(f"subset {name}: item {item.get('id')} lacks {sorted(missing)}")
+                raise InputError(f"subset {name}: item {item.get('id')} lacks {sorted(missing)}")
     return subsets
 
 

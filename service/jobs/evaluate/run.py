@@ -6,6 +6,7 @@ from pathlib import Path
 
 from service.jobs.evaluate import bon, plots, processbench
 from service.jobs.evaluate.scoring import score_items
+from service.jobs.records import InputError
 from service.prm.loading import LoadedPRM, load_prm
 from service.store import ModelStore, resolve_model
 
@@ -35,7 +36,7 @@ def run_processbench(
 ) -> dict:
     subsets = processbench.load_subsets(data)
     if search_on is not None and search_on not in subsets:
-        raise ValueError(f"--search-threshold {search_on!r} is not a subset (subsets: {', '.join(subsets)})")
+        raise InputError(f"--search-threshold {search_on!r} is not a subset (subsets: {', '.join(subsets)})")
     prm = model.load()
     scores = {
         name: score_items(

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2Config
 
+from service.jobs.train.data import Labelled
+from service.prm.checkpoint import resolve_checkpoint
 from service.prm.formatting import DEFAULT_SYSTEM, STEP_SEPARATOR
-from service.prm.loading import resolve_checkpoint
 from service.prm.model import Qwen2ForProcessRewardModel
 from service.prm.random_checkpoint import CHAT_TEMPLATE, train_tokenizer
 
@@ -89,10 +90,10 @@ def _ensure_separator(tokenizer: PreTrainedTokenizerBase, model: Qwen2ForProcess
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def corpus_of(records: list[dict]) -> list[str]:
-    """The texts a scratch tokenizer learns from: prompts, steps, and the system prompt and chat roles
+def corpus_of(records: list[Labelled]) -> list[str]:
+    """The texts a scratch tokenizer learns from: problems, steps, and the system prompt and chat roles
     every conversation carries (repeated as often as they occur, so they become few tokens)."""
-    texts = [record["prompt"] for record in records] + [step for record in records for step in record["completions"]]
+    texts = [record.item.problem for record in records] + [step for record in records for step in record.item.steps]
     return texts + [f"system {DEFAULT_SYSTEM} user assistant"] * len(records)
 
 

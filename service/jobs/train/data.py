@@ -30,8 +30,21 @@ class Encoded:
     too_long: int  # records longer than the model's maximum length, left out and reported
 
 
-def scoring_input(record: dict, index: int) -> tuple[ScoringInput, list[bool]]:
-    """Check one record's fields and turn it into what the formatter takes."""
+@dataclass(frozen=True)
+class Labelled:
+    """One record, checked: what the formatter takes, and a label per step."""
+
+    id: str
+    item: ScoringInput
+    labels: list[bool]
+
+
+def parse_records(records: list[dict]) -> list[Labelled]:
+    """Check every record's fields before anything is built from them; errors name the record and field."""
+    return [_parse(record, index) for index, record in enumerate(records)]
+
+
+def _parse(record: dict, index: int) -> Labelled:
     where = f"record {index} ({record.get('id', 'no id')})"
     prompt, completions, labels = record.get("prompt"), record.get("completions"), record.get("labels")
     if not isinstance(prompt, str):
@@ -40,22 +53,22 @@ def scoring_input(record: dict, index: int) -> tuple[ScoringInput, list[bool]]:
         raise RecordError(f"{where}: `completions` must be a list of strings")
     if not isinstance(labels, list) or len(labels) != len(completions):
         raise RecordError(f"{where}: `labels` must be a list with one bool per completion")
-    return ScoringInput(problem=prompt, steps=completions, system=record.get("system")), [bool(x) for x in labels]
+    item = ScoringInput(problem=prompt, steps=completions, system=record.get("system"))
+    return Labelled(str(record.get("id", index)), item, [bool(label) for label in labels])
 
 
-def encode_records(records: list[dict], formatter: PRMFormatter) -> Encoded:
+def encode_records(records: list[Labelled], formatter: PRMFormatter) -> Encoded:
     examples, too_long = [], 0
-    for index, record in enumerate(records):
-        item, labels = scoring_input(record, index)
+    for record in records:
         try:
-            encoded = formatter.encode(item)
+            encoded = formatter.encode(record.item)
         except InputTooLong:
             too_long += 1
             continue
         except InvalidInput as error:
-            raise RecordError(f"record {index} ({record.get('id', 'no id')}): {error}") from error
+            raise RecordError(f"record {record.id}: {error}") from error
         token_labels = [IGNORE_INDEX] * len(encoded.input_ids)
-        for position, label in zip(encoded.separator_positions, labels, strict=True):
+        for position, label in zip(encoded.separator_positions, record.labels, strict=True):
             token_labels[position] = int(label)
         examples.append(Example(encoded.input_ids, token_labels))
     return Encoded(examples, too_long)

@@ -17,9 +17,9 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from service import __version__
-from service.jobs.records import read_records
+from service.jobs.records import InputError, read_records
 from service.jobs.train.backbone import SCRATCH, ScratchShape, corpus_of, output_config_fixups, prepare
-from service.jobs.train.data import StepwiseDataset, collate, encode_records
+from service.jobs.train.data import StepwiseDataset, collate, encode_records, parse_records
 from service.prm.formatting import PRMFormatter
 
 log = logging.getLogger(__name__)
@@ -65,16 +65,16 @@ class TrainResult:
 
 def train(options: TrainOptions) -> TrainResult:
     started = time.monotonic()
-    records = [record for source in options.data for record in read_records(source)]
+    records = parse_records([record for source in options.data for record in read_records(source)])
     if not records:
-        raise ValueError("the training data has no records")
+        raise InputError("the training data has no records")
     model, tokenizer = prepare(options.base, corpus_of(records), options.scratch, options.seed)
     formatter = PRMFormatter(tokenizer, max_length=options.max_length or model.config.max_position_embeddings)
     encoded = encode_records(records, formatter)
     if encoded.too_long:
         log.warning("left out %d records longer than %d tokens", encoded.too_long, formatter.max_length)
     if not encoded.examples:
-        raise ValueError(f"every record is longer than {formatter.max_length} tokens; raise --max-length")
+        raise InputError(f"every record is longer than {formatter.max_length} tokens; raise --max-length")
 
     checkpoints = options.out / CHECKPOINTS
     trainer = Trainer(
