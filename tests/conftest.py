@@ -51,12 +51,13 @@ def free_port() -> int:
 class Server:
     """`prm serve` in a real subprocess on loopback."""
 
-    def __init__(self, *args: str, env: dict | None = None):
+    def __init__(self, *args: str, env: dict | None = None, cwd: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "service", "serve", "--port", str(self.port), *args]
         self.process = subprocess.Popen(
             command,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

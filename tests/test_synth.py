@@ -44,8 +44,14 @@ def test_labels_match_the_written_solutions(tmp_path):
     train = [json.loads(line) for line in paths["train"].read_text().splitlines()]
     assert {item["prompt"] for item in train}.isdisjoint(item["problem"] for item in heldout)
     for record in train:
-        assert len(record["labels"]) == len(record["completions"])
-        assert all(record["labels"][:-1])  # the steps are cut right after the first error
+        labels = record["labels"]
+        assert len(labels) == len(record["completions"])
+        if all(labels):
+            continue
+        first_error = labels.index(False)
+        assert all(arithmetic_holds(step) for step in record["completions"][:first_error])
+        # after a wrong step, a solution stays wrong unless it was a slip (wrong arithmetic, then back on track)
+        assert all(labels[first_error + 1 :]) or not any(labels[first_error + 1 :])
 
     bon = [json.loads(line) for line in paths["bon"].read_text().splitlines()]
     assert len(bon) == 80 and len({record["problem_id"] for record in bon}) == 10

@@ -40,6 +40,9 @@ def synth(
     heldout: Annotated[int, typer.Option(min=1, help="Held-out ProcessBench items, half of them faulty.")] = 1000,
     bon_problems: Annotated[int, typer.Option(min=0, help="Problems in the best-of-N set.")] = 100,
     bon_n: Annotated[int, typer.Option(min=1, help="Candidate solutions per best-of-N problem.")] = 8,
+    error_rate: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of faulty training solutions (held-out: always half).")
+    ] = 0.5,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same files.")] = 0,
 ) -> None:
     """Write a synthetic arithmetic-reasoning world with exact step labels.
@@ -51,7 +54,7 @@ def synth(
     """
     from service.jobs.synth import synthesize
 
-    for kind, path in synthesize(out, train, heldout, bon_problems, bon_n, seed).items():
+    for kind, path in synthesize(out, train, heldout, bon_problems, bon_n, seed, error_rate).items():
         typer.echo(f"{kind}: {path}")
 
 
@@ -103,7 +106,7 @@ def train(
     scratch_hidden_size: Annotated[int, typer.Option(help="Hidden size of a scratch model.")] = 128,
     scratch_layers: Annotated[int, typer.Option(help="Layers of a scratch model.")] = 4,
     scratch_heads: Annotated[int, typer.Option(help="Attention heads of a scratch model.")] = 4,
-    scratch_kv_heads: Annotated[int, typer.Option(help="Key/value heads of a scratch model.")] = 2,
+    scratch_kv_heads: Annotated[int, typer.Option(help="Key/value heads of a scratch model.")] = 4,
     scratch_intermediate_size: Annotated[int, typer.Option(help="MLP width of a scratch model.")] = 384,
     scratch_vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary of a scratch model.")] = 512,
     scratch_max_length: Annotated[int, typer.Option(help="Maximum positions of a scratch model.")] = 1024,

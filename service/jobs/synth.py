@@ -187,16 +187,11 @@ def _inject(rng, kind, problem, shown, step_kind, left, operation, right, result
 
 
 def _wrong_number(rng: random.Random, exact: int) -> int:
-    """A plausible miscalculation: off in the last digit, by ten, or digits swapped."""
+    """A plausible slip: off by one to five, so the last digit is wrong (a carry error keeps the last digit
+    and is left out: the demo model is too small to learn carries in its CPU budget)."""
     for _ in range(20):
-        choice = rng.random()
-        if choice < 0.45:
-            wrong = exact + rng.choice([-1, 1]) * rng.randint(1, 5)
-        elif choice < 0.8:
-            wrong = exact + rng.choice([-10, 10])
-        else:
-            wrong = int(str(exact)[::-1]) if exact >= 10 else exact + rng.randint(1, 9)
-        if wrong > 0 and wrong != exact:
+        wrong = exact + rng.choice([-1, 1]) * rng.randint(1, 5)
+        if wrong > 0:
             return wrong
     return exact + 1
 
@@ -209,10 +204,20 @@ def sample_solution(problem: Problem, rng: random.Random, error_rate: float) -> 
 
 
 def stepwise_record(problem: Problem, solution: Solution, record_id: str) -> dict:
-    """TRL stepwise supervision: steps up to and including the first error, labelled."""
-    end = len(solution.steps) if solution.label == -1 else solution.label + 1
-    labels = [index != solution.label for index in range(end)]
-    return {"id": record_id, "prompt": problem.text, "completions": solution.steps[:end], "labels": labels}
+    """TRL stepwise supervision with every step labelled, as Math-Shepherd's records are.
+
+    Here the labels are exact, not estimated: steps before the first error are right, the first error is
+    wrong, and so is every later step of a solution on a wrong track (its answer can no longer be reached);
+    after a slip the solution is back on track, so the later steps are right.
+    """
+    if solution.label == -1:
+        labels = [True] * len(solution.steps)
+    else:
+        back_on_track = solution.kind == "slip"
+        labels = [
+            index < solution.label or (index > solution.label and back_on_track) for index in range(len(solution.steps))
+        ]
+    return {"id": record_id, "prompt": problem.text, "completions": solution.steps, "labels": labels}
 
 
 def processbench_item(problem: Problem, solution: Solution, item_id: str) -> dict:
@@ -240,11 +245,14 @@ def response_record(problem: Problem, solution: Solution, response_id: str) -> d
     }
 
 
-def synthesize(out_dir: Path, train: int, heldout: int, bon_problems: int, bon_n: int, seed: int) -> dict[str, Path]:
+def synthesize(
+    out_dir: Path, train: int, heldout: int, bon_problems: int, bon_n: int, seed: int, error_rate: float = 0.5
+) -> dict[str, Path]:
     """Write train.jsonl (TRL stepwise), heldout.jsonl (ProcessBench items) and bon.jsonl (responses).
 
-    Held-out and best-of-N problems never share a text with training problems. Training solutions are
-    half exact, half faulty; the held-out set is balanced the same way, like ProcessBench.
+    Held-out and best-of-N problems never share a text with training problems. A share `error_rate` of the
+    training solutions is faulty (each has a single negative step, so more of them means more signal); the
+    held-out set is half faulty, like ProcessBench.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -272,6 +280,6 @@ def synthesize(out_dir: Path, train: int, heldout: int, bon_problems: int, bon_n
     with paths["train"].open("w") as handle:
         for index in range(train):
             problem = fresh_problem("train", index)
-            solution = sample_solution(problem, rng, error_rate=0.5)
+            solution = sample_solution(problem, rng, error_rate)
             handle.write(json.dumps(stepwise_record(problem, solution, problem.id)) + "\n")
     return paths

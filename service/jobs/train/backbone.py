@@ -36,7 +36,7 @@ class ScratchShape:
     hidden_size: int = 128
     layers: int = 4
     heads: int = 4
-    kv_heads: int = 2
+    kv_heads: int = 4
     intermediate_size: int = 384
     vocab_size: int = 512
     max_length: int = 1024

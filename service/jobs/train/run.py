@@ -60,7 +60,7 @@ class TrainResult:
     first_loss: float | None
     last_loss: float | None
     seconds: float
-    main_process: bool = True
+    main_process: bool  # rank 0 (or the only process): the one that writes files
 
 
 def train(options: TrainOptions) -> TrainResult:
@@ -88,6 +88,7 @@ def train(options: TrainOptions) -> TrainResult:
 
     if trainer.is_world_process_zero():
         trainer.save_model(str(options.out))
+        (options.out / "training_args.bin").unlink(missing_ok=True)  # a pickle: checkpoints/ keeps it for resume
         tokenizer.save_pretrained(options.out)
         output_config_fixups(options.out)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -98,8 +99,8 @@ def train(options: TrainOptions) -> TrainResult:
         losses[0] if losses else None,
         losses[-1] if losses else None,
         time.monotonic() - started,
+        trainer.is_world_process_zero(),
     )
-    result.main_process = trainer.is_world_process_zero()
     return result
 
 
