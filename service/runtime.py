@@ -83,14 +83,17 @@ class Runtime:
 
     def _watch(self) -> None:
         """Swap in a newer store version as soon as one is published (the loader thread lives on for this)."""
+        failed: Path | None = None  # a version that would not load is not tried again and again
         while not self._stopped.wait(self.config.watch):
             try:
-                source, _ = self._resolve()
-                if self.serving is not None and Path(source).resolve() != self.serving.prm.path:
+                source = Path(self._resolve()[0]).resolve()
+                if self.serving is not None and source not in (self.serving.prm.path, failed):
                     log.info("a new version is in the store: reloading")
+                    failed = source
                     self.reload()
+                    failed = None
             except ReloadInProgress:
-                pass
+                failed = None
             except Exception as error:  # a bad new version must not stop serving the old one
                 log.error("watching the store: %s: %s", type(error).__name__, error)
 

@@ -143,3 +143,22 @@ def test_admin_reload_takes_the_newest_version_unless_one_is_pinned(tmp_path, ch
         assert (reloaded["previous_version"], reloaded["model_version"]) == ("v1", "v1")
     finally:
         newest.stop(), pinned.stop()
+
+
+def test_a_version_that_does_not_load_leaves_the_old_one_serving(tmp_path, checkpoint):
+    store = tmp_path / "store"
+    run_prm("publish", str(checkpoint), "--name", "tiny", "--store", str(store))
+    server = Server("--store", str(store), "--watch", "0.2").wait_ready()
+    try:
+        damaged = shutil.copytree(checkpoint, tmp_path / "damaged")
+        for weights in damaged.glob("*.safetensors"):  # as a bad disk or an interrupted copy would leave them
+            weights.write_bytes(weights.read_bytes()[:100])
+        assert run_prm("publish", str(damaged), "--name", "tiny", "--store", str(store)).stdout.strip() == "v2"
+        time.sleep(3)
+        ready = httpx.get(f"{server.url}/ready").json()
+        scored = httpx.post(f"{server.url}/score_steps", json={"problem": "1+1?", "steps": ["2"]}, timeout=30)
+    finally:
+        server.stop()
+    log = server.process.stdout.read()
+    assert ready["model_version"] == "v1" and scored.status_code == 200, log
+    assert log.count("a new version is in the store: reloading") == 1  # tried once, not every 0.2 s
