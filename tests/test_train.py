@@ -99,3 +99,20 @@ def test_a_bad_record_stops_training_with_one_line_naming_it(tmp_path):
     result = run_prm("train", "--base", "scratch", "--data", str(data), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     assert result.stderr.strip() == "error: record 1 (x7): `labels` must be a list with one bool per completion"
+
+
+def test_rerunning_resumes_from_the_newest_checkpoint(tmp_path, trained):
+    _, data = trained
+    options = TrainOptions(base="scratch", data=[str(data["train"])], out=tmp_path / "prm", lr=3e-3, batch_size=8,
+                           max_steps=4, logging_steps=1, save_steps=2, scratch=TINY)  # fmt: skip
+    train_and_evaluate(options, [])
+    # mark the saved state: only a run that resumes from checkpoint-4 carries the mark on
+    saved = options.out / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    state = json.loads(saved.read_text())
+    state["log_history"][0]["loss"] = 123.0
+    saved.write_text(json.dumps(state))
+    options.max_steps = 6  # as if the first command had been cut short at step 4
+    second = train_and_evaluate(options, [])
+    state = json.loads((options.out / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4, 5, 6]
+    assert second.first_loss == 123.0
