@@ -6,6 +6,7 @@ import httpx
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from service.jobs.synth import synthesize
 from service.jobs.train.backbone import ScratchShape
@@ -79,7 +80,8 @@ def test_the_trained_checkpoint_scores_identically_in_and_out_of_the_service(tra
 
 def test_a_causal_lm_keeps_its_backbone_and_gets_a_prm_head(tmp_path, trained):
     _, data = trained
-    base = build_random_causal_lm(tmp_path / "policy", SMOKE_TEST_CORPUS + [data["train"].read_text()[:4000]])
+    corpus = SMOKE_TEST_CORPUS + [data["train"].read_text()[:4000]]
+    base = build_random_causal_lm(tmp_path / "policy", corpus, step_separator=False)  # like Qwen2.5-Math-Instruct
     out = tmp_path / "prm"
     result = run_prm("train", "--base", str(base), "--data", str(data["train"]), "--out", str(out), "--max-steps", "2",
                      "--lr", "1e-6", "--batch-size", "4")  # fmt: skip
@@ -89,7 +91,11 @@ def test_a_causal_lm_keeps_its_backbone_and_gets_a_prm_head(tmp_path, trained):
     name = "model.embed_tokens.weight"
     assert torch.allclose(before[name], after[name], atol=1e-4)  # the backbone came along, barely moved
     assert "lm_head.weight" not in after and "score.2.weight" in after
-    load_prm(str(out), device="cpu")  # the service takes it
+    prm = load_prm(str(out), device="cpu")  # the service takes it, with the separator added as one token
+    separator = prm.formatter.separator_id
+    assert separator >= len(AutoTokenizer.from_pretrained(base)) and separator < after[name].shape[0]
+    encoded = prm.formatter.encode(ScoringInput(problem="p", steps=["a", "b"]))
+    assert len(PackedScorer(prm).score([encoded]).scores[0]) == 2
 
 
 def test_a_bad_record_stops_training_with_one_line_naming_it(tmp_path):

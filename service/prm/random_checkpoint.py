@@ -37,8 +37,8 @@ REMOTE_CODE_FILES = ("modeling_qwen2_rm.py", "configuration_qwen2_rm.py")
 REMOTE_CODE = 'raise RuntimeError("remote checkpoint code was executed; prm-service must never do that")\n'
 
 
-def train_tokenizer(corpus: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A byte-level BPE like Qwen's (digits split one by one) with the ChatML and step tokens."""
+def train_tokenizer(corpus: list[str], vocab_size: int = 512, step_separator: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level BPE like Qwen's (digits split one by one) with the ChatML and (optionally) step tokens."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
@@ -55,7 +55,7 @@ def train_tokenizer(corpus: list[str], vocab_size: int = 512) -> PreTrainedToken
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=[STEP_SEPARATOR],
+        additional_special_tokens=[STEP_SEPARATOR] if step_separator else [],
         chat_template=CHAT_TEMPLATE,
     )
 
@@ -148,12 +148,13 @@ def build_random_causal_lm(
     num_kv_heads: int = 2,
     intermediate_size: int = 128,
     tokenizer_vocab_size: int = 512,
+    step_separator: bool = True,
     seed: int = 0,
 ) -> Path:
     """A tiny random Qwen2ForCausalLM with the same tokenizer and chat template: a policy or judge for the
-    offline jobs' tests, or a `prm train --base` backbone."""
+    offline jobs' tests, or a `prm train --base` backbone (without `step_separator`, like a real policy's)."""
     out_dir = Path(out_dir)
-    tokenizer = train_tokenizer(corpus, tokenizer_vocab_size)
+    tokenizer = train_tokenizer(corpus, tokenizer_vocab_size, step_separator)
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=_round_up(len(tokenizer) + 1, 64),
