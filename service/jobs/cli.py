@@ -77,7 +77,7 @@ def train(
     out: Annotated[Path, typer.Option(help="Output directory: the checkpoint, prm.json, and checkpoints/.")],
     epochs: Annotated[float, typer.Option(min=0, help="Passes over the data.")] = 1.0,
     max_steps: Annotated[int, typer.Option(help="Stop after this many optimizer steps (-1: use --epochs).")] = -1,
-    lr: Annotated[float, typer.Option(min=0, help="Peak learning rate (cosine schedule after warm-up).")] = 1e-5,
+    lr: Annotated[float, typer.Option(min=0, help="Peak learning rate, reached after warm-up.")] = 1e-5,
     batch_size: Annotated[int, typer.Option(min=1, help="Sequences per device per step.")] = 8,
     grad_accum: Annotated[int, typer.Option(min=1, help="Steps to accumulate before an optimizer update.")] = 1,
     max_length: Annotated[
@@ -90,6 +90,9 @@ def train(
         ),
     ] = None,
     warmup_ratio: Annotated[float, typer.Option(min=0, max=1, help="Share of steps for linear warm-up.")] = 0.03,
+    lr_scheduler: Annotated[
+        str, typer.Option(help="Learning-rate schedule after warm-up: cosine, linear, constant_with_warmup, ...")
+    ] = "cosine",
     weight_decay: Annotated[float, typer.Option(min=0, help="AdamW weight decay.")] = 0.0,
     bf16: Annotated[bool, typer.Option(help="Mixed precision in bfloat16 (GPUs).")] = False,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations to save memory.")] = False,
@@ -134,6 +137,7 @@ def train(
         grad_accum=grad_accum,
         max_length=max_length,
         warmup_ratio=warmup_ratio,
+        lr_scheduler=lr_scheduler,
         weight_decay=weight_decay,
         bf16=bf16,
         gradient_checkpointing=gradient_checkpointing,

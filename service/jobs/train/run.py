@@ -40,6 +40,7 @@ class TrainOptions:
     grad_accum: int = 1
     max_length: int | None = None
     warmup_ratio: float = 0.03
+    lr_scheduler: str = "cosine"
     weight_decay: float = 0.0
     bf16: bool = False
     gradient_checkpointing: bool = False
@@ -129,7 +130,7 @@ def _training_arguments(options: TrainOptions, checkpoints: Path) -> TrainingArg
         gradient_accumulation_steps=options.grad_accum,
         warmup_steps=options.warmup_ratio,  # a float below 1 is a share of the total steps
         weight_decay=options.weight_decay,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type=options.lr_scheduler,
         bf16=options.bf16,
         activation_checkpointing=options.gradient_checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
