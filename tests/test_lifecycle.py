@@ -50,6 +50,18 @@ def bodies(items: list[dict]) -> list[dict]:
     return [{"problem": i["problem"], "steps": i["steps"]} for i in items]
 
 
+def assert_each_answer_matches_its_version(outcomes: list, references: dict[str, ModelCardPRM]) -> None:
+    """Every request got a 200 scored by the version it names, and every version answered some."""
+    versions = set()
+    for item, response in outcomes:
+        assert isinstance(response, httpx.Response) and response.status_code == 200, response
+        body = response.json()
+        versions.add(body["model_version"])
+        reference = references[body["model_version"]]
+        assert body["step_scores"] == pytest.approx(reference.step_rewards(**item), abs=TOLERANCE)
+    assert versions == set(references)
+
+
 def test_reload_under_load_fails_nothing(tmp_path, checkpoint, processbench_items):
     live = shutil.copytree(checkpoint, tmp_path / "live")
     old = ModelCardPRM(live)
@@ -70,14 +82,7 @@ def test_reload_under_load_fails_nothing(tmp_path, checkpoint, processbench_item
     assert reloaded.status_code == 200, reloaded.text
     new_version = reloaded.json()["model_version"]
     assert reloaded.json()["previous_version"] == old_version != new_version
-    versions = set()
-    for item, response in outcomes:
-        assert isinstance(response, httpx.Response) and response.status_code == 200, response
-        body = response.json()
-        versions.add(body["model_version"])
-        reference = old if body["model_version"] == old_version else new
-        assert body["step_scores"] == pytest.approx(reference.step_rewards(**item), abs=TOLERANCE)
-    assert versions == {old_version, new_version}
+    assert_each_answer_matches_its_version(outcomes, {old_version: old, new_version: new})
 
 
 def test_sigterm_drains_admitted_requests_and_exits_zero(checkpoint, processbench_items):
@@ -117,14 +122,7 @@ def test_a_published_version_is_swapped_in_by_watch_under_load(tmp_path, checkpo
         server.stop()
     new = ModelCardPRM(store / "tiny" / "v2")
     assert (card["id"], card["version"]) == ("tiny", "v2")
-    versions = set()
-    for item, response in outcomes:
-        assert isinstance(response, httpx.Response) and response.status_code == 200, response
-        body = response.json()
-        versions.add(body["model_version"])
-        reference = old if body["model_version"] == "v1" else new
-        assert body["step_scores"] == pytest.approx(reference.step_rewards(**item), abs=TOLERANCE)
-    assert versions == {"v1", "v2"}
+    assert_each_answer_matches_its_version(outcomes, {"v1": old, "v2": new})
 
 
 def test_admin_reload_takes_the_newest_version_unless_one_is_pinned(tmp_path, checkpoint):

@@ -28,8 +28,9 @@ def read_records(source: str | Path, split: str = "train") -> list[dict]:
     """Records from a local `.json` (array) or JSON Lines file, else from the Hub dataset `source` (its `split`)."""
     path = Path(source)
     if path.is_file():
-        if path.read_text(encoding="utf-8").lstrip().startswith("["):
-            records = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            records = json.loads(text)
             if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
                 raise InputError(f"{path}: not a JSON array of objects")
             return records

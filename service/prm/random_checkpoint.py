@@ -156,23 +156,47 @@ def build_random_causal_lm(
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(corpus, tokenizer_vocab_size, step_separator)
     torch.manual_seed(seed)
-    config = Qwen2Config(
+    config = small_qwen2_config(
+        tokenizer,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=4096,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    _match_hub_tokenizer_config(out_dir)
+    return out_dir
+
+
+def small_qwen2_config(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    intermediate_size: int,
+    max_position_embeddings: int,
+    **extra,
+) -> Qwen2Config:
+    """A Qwen2 config sized for `tokenizer` (spare embedding rows, its special-token ids) and untied weights."""
+    return Qwen2Config(
         vocab_size=_round_up(len(tokenizer) + 1, 64),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
-        max_position_embeddings=4096,
+        max_position_embeddings=max_position_embeddings,
         bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        **extra,
     )
-    Qwen2ForCausalLM(config).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    _match_hub_tokenizer_config(out_dir)
-    return out_dir
 
 
 def _match_hub_tokenizer_config(out_dir: Path) -> None:

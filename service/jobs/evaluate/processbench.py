@@ -61,14 +61,15 @@ def subset_metrics(items: list[dict], predictions: list[int]) -> dict:
     }
 
 
+def metrics_at(items: list[dict], scores: list[list[float]], threshold: float) -> dict:
+    return subset_metrics(items, [first_below(step_scores, threshold) for step_scores in scores])
+
+
 def report(
     subsets: dict[str, list[dict]], scores: dict[str, list[list[float]]], threshold: float, searched_on: str | None
 ) -> dict:
     """The report for one threshold; `searched_on` names the subset the threshold was picked on, if any."""
-    per_subset = {
-        name: subset_metrics(items, [first_below(s, threshold) for s in scores[name]])
-        for name, items in subsets.items()
-    }
+    per_subset = {name: metrics_at(items, scores[name], threshold) for name, items in subsets.items()}
     f1s = [metrics["f1"] for metrics in per_subset.values() if metrics["f1"] is not None]
     result = {"threshold": threshold, "subsets": per_subset, "avg_f1": sum(f1s) / len(f1s) if f1s else None}
     if searched_on:
@@ -80,7 +81,7 @@ def search_threshold(items: list[dict], scores: list[list[float]]) -> float:
     """The threshold on a 0.01 grid with the best F1 on one subset (ties: the one nearest 0.5)."""
 
     def quality(threshold: float) -> tuple[float, float]:
-        f1 = subset_metrics(items, [first_below(s, threshold) for s in scores])["f1"] or 0.0
+        f1 = metrics_at(items, scores, threshold)["f1"] or 0.0
         return f1, -abs(threshold - 0.5)
 
     return max(THRESHOLD_GRID, key=quality)

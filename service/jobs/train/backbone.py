@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2Config
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from service.jobs.train.data import Labelled
 from service.prm.checkpoint import resolve_checkpoint
 from service.prm.formatting import DEFAULT_SYSTEM, STEP_SEPARATOR
 from service.prm.model import Qwen2ForProcessRewardModel
-from service.prm.random_checkpoint import CHAT_TEMPLATE, train_tokenizer
+from service.prm.random_checkpoint import CHAT_TEMPLATE, small_qwen2_config, train_tokenizer
 
 SCRATCH = "scratch"
 
@@ -61,18 +61,14 @@ def prepare(base: str, corpus: list[str], shape: ScratchShape, seed: int):
 
 def _from_scratch(corpus: list[str], shape: ScratchShape):
     tokenizer = train_tokenizer(corpus, shape.vocab_size)
-    config = Qwen2Config(
-        vocab_size=-(-(len(tokenizer) + 1) // 64) * 64,
+    config = small_qwen2_config(
+        tokenizer,
         hidden_size=shape.hidden_size,
+        num_layers=shape.layers,
+        num_heads=shape.heads,
+        num_kv_heads=shape.kv_heads,
         intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
         max_position_embeddings=shape.max_length,
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
         attn_implementation="sdpa",
     )
     return Qwen2ForProcessRewardModel(config), tokenizer
