@@ -122,3 +122,12 @@ def test_rerunning_resumes_from_the_newest_checkpoint(tmp_path, trained):
     state = json.loads((options.out / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4, 5, 6]
     assert second.first_loss == 123.0
+
+
+def test_an_unknown_learning_rate_schedule_is_refused_in_one_line(tmp_path, trained):
+    _, data = trained
+    result = run_prm("train", "--base", "scratch", "--data", str(data["train"]), "--out", str(tmp_path / "out"),
+                     "--lr-scheduler", "sometimes")  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --lr-scheduler 'sometimes' is not one of linear, cosine,")
+    assert result.stderr.count("\n") == 1

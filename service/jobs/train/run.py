@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import SchedulerType, Trainer, TrainingArguments
 
 from service import __version__
 from service.jobs.records import InputError, read_records
@@ -66,6 +66,9 @@ class TrainResult:
 
 def train(options: TrainOptions) -> TrainResult:
     started = time.monotonic()
+    schedules = [schedule.value for schedule in SchedulerType]
+    if options.lr_scheduler not in schedules:
+        raise InputError(f"--lr-scheduler {options.lr_scheduler!r} is not one of {', '.join(schedules)}")
     records = parse_records([record for source in options.data for record in read_records(source)])
     if not records:
         raise InputError("the training data has no records")
