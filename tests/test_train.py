@@ -10,10 +10,11 @@ from transformers import AutoTokenizer
 
 from service.jobs.synth import synthesize
 from service.jobs.train.backbone import ScratchShape
+from service.jobs.train.data import encode_records, parse_records
 from service.jobs.train.run import TrainOptions, train_and_evaluate
 from service.prm.formatting import ScoringInput
 from service.prm.loading import load_prm
-from service.prm.model import Qwen2ForProcessRewardModel
+from service.prm.model import IGNORE_INDEX, Qwen2ForProcessRewardModel
 from service.prm.random_checkpoint import SMOKE_TEST_CORPUS, build_random_causal_lm
 from service.prm.scorer import PackedScorer
 from tests.conftest import Server
@@ -131,3 +132,47 @@ def test_an_unknown_learning_rate_schedule_is_refused_in_one_line(tmp_path, trai
     assert result.returncode == 2
     assert result.stderr.startswith("error: --lr-scheduler 'sometimes' is not one of linear, cosine,")
     assert result.stderr.count("\n") == 1
+
+
+def test_the_auxiliary_lm_targets_cover_the_conversation_up_to_each_right_step(trained):
+    prm = load_prm(str(trained[0].out), device="cpu")
+    record = {"id": "r", "prompt": "Ava has 3 coins.", "completions": ["3 + 1 = 4.", "4 - 9 = 2.", "It is 4."],
+              "labels": [True, False, True]}  # fmt: skip
+    [example] = encode_records(parse_records([record]), prm.formatter).examples
+    encoded = prm.formatter.encode(ScoringInput(record["prompt"], record["completions"]))
+    first, second, third = encoded.separator_positions
+    ids, targets = example.input_ids, example.lm_labels
+    assert targets[: first + 1] == ids[: first + 1]  # system prompt, problem and the first step
+    assert set(targets[first + 1 : second + 1]) == {IGNORE_INDEX}  # the wrong step is not a model to imitate
+    assert targets[second + 1 : third + 1] == ids[second + 1 : third + 1]
+    assert set(targets[third + 1 :]) == {IGNORE_INDEX}  # the end of the conversation after the last step
+
+
+def test_the_lm_loss_teaches_next_tokens_and_saves_nothing_extra(tmp_path, trained):
+    plain, data = trained
+    options = TrainOptions(
+        base="scratch", data=[str(data["train"])], out=tmp_path / "prm", lr=3e-3, batch_size=16, max_steps=80,
+        logging_steps=10, save_steps=80, warmup_ratio=0.0, lm_loss=True, scratch=TINY,
+    )  # fmt: skip
+    with_lm = train_and_evaluate(options, [])
+    shapes = [  # the same tensors: the auxiliary loss adds no weights
+        {name: t.shape for name, t in load_file(run.out / "model.safetensors").items()} for run in (with_lm, plain)
+    ]
+    assert shapes[0] == shapes[1]
+    assert json.loads((with_lm.out / "prm.json").read_text())["hyperparameters"]["lm_loss"] is True
+
+    def next_token_accuracy(out):
+        prm, model = load_prm(str(out), device="cpu"), Qwen2ForProcessRewardModel.from_pretrained(out).eval()
+        records = parse_records([json.loads(line) for line in data["train"].read_text().splitlines()])
+        hits = total = 0
+        for example in encode_records(records, prm.formatter).examples:
+            with torch.no_grad():  # the auxiliary loss reads the layer below the top one
+                below_top = model.model(torch.tensor([example.input_ids]), output_hidden_states=True).hidden_states[-2]
+                predicted = (model.model.norm(below_top[0, :-1]) @ model.model.embed_tokens.weight.T).argmax(-1)
+            targets = torch.tensor(example.lm_labels[1:])
+            hits += (predicted == targets)[targets != IGNORE_INDEX].sum().item()
+            total += (targets != IGNORE_INDEX).sum().item()
+        return hits / total
+
+    learned, untaught = next_token_accuracy(with_lm.out), next_token_accuracy(plain.out)
+    assert learned > 0.45 and untaught < 0.1, (learned, untaught)

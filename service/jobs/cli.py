@@ -94,6 +94,13 @@ def train(
         str, typer.Option(help="Learning-rate schedule after warm-up: cosine, linear, constant_with_warmup, ...")
     ] = "cosine",
     weight_decay: Annotated[float, typer.Option(min=0, help="AdamW weight decay.")] = 0.0,
+    lm_loss: Annotated[
+        bool,
+        typer.Option(
+            help="Add an auxiliary next-token loss on the steps labelled right, through the input embeddings "
+            "(nothing extra is saved): for small models trained from scratch, like the demo PRM."
+        ),
+    ] = False,
     bf16: Annotated[bool, typer.Option(help="Mixed precision in bfloat16 (GPUs).")] = False,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations to save memory.")] = False,
     fsdp: Annotated[str, typer.Option(help="Trainer FSDP mode, e.g. 'full_shard auto_wrap' (under torchrun).")] = "",
@@ -139,6 +146,7 @@ def train(
         warmup_ratio=warmup_ratio,
         lr_scheduler=lr_scheduler,
         weight_decay=weight_decay,
+        lm_loss=lm_loss,
         bf16=bf16,
         gradient_checkpointing=gradient_checkpointing,
         fsdp=fsdp,

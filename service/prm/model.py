@@ -34,6 +34,7 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        lm_labels: torch.Tensor | None = None,
         **kwargs,
     ) -> TokenClassifierOutput:
         """Two logits at every position (padded batches), as the checkpoint's remote code computes them.
@@ -41,19 +42,46 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
         With `labels` (0/1 at separators, IGNORE_INDEX elsewhere) the loss is the cross-entropy of the
         separator positions only: the paper's hard-label objective, used by `prm train`. The Trainer passes
         `num_items_in_batch` (labelled positions over all accumulated micro-batches), so that gradient
-        accumulation averages over separators, not over micro-batches.
+        accumulation averages over separators, not over micro-batches. `lm_labels` adds the auxiliary
+        next-token loss of `prm train --lm-loss`.
         """
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        logits = self.score(hidden.float())
+        with_lm_loss = labels is not None and lm_labels is not None
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=with_lm_loss
+        )
+        logits = self.score(outputs.last_hidden_state.float())
         loss = None
         if labels is not None:
-            flat_logits, flat_labels = logits.view(-1, NUM_LABELS), labels.view(-1).to(logits.device)
+            labels = labels.to(logits.device)
+            flat_logits, flat_labels = logits.view(-1, NUM_LABELS), labels.view(-1)
             if num_items_in_batch is None:
                 loss = cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX)
             else:
                 loss = cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
                 loss = loss / num_items_in_batch
+            if with_lm_loss:
+                below_top = self.model.norm(outputs.hidden_states[-2])
+                loss = loss + self._next_token_loss(below_top, lm_labels, labels, num_items_in_batch)
         return TokenClassifierOutput(loss=loss, logits=logits)
+
+    def _next_token_loss(self, hidden, lm_labels, labels, num_items_in_batch) -> torch.Tensor:
+        """Predict each token of the steps labelled right from the one before it, through the input
+        embeddings: dense supervision that teaches a small model trained from scratch the arithmetic and
+        copying a separator label conveys one bit at a time. `hidden` is the layer below the top one, so
+        that the top layer can compare what the model expected with what a step wrote and carry the
+        difference to the separator (read from the top, the expectation would come too late to be
+        compared). No parameters of its own, so nothing of it is saved. Averaged over this micro-batch's
+        targets and weighted by its share of the separators, so that gradient accumulation averages it as
+        it does the separator loss."""
+        targets = lm_labels[:, 1:].to(hidden.device)
+        predicted = targets != IGNORE_INDEX
+        if not predicted.any():
+            return hidden.new_zeros((), dtype=torch.float32)
+        token_logits = hidden[:, :-1][predicted].float() @ self.model.embed_tokens.weight.float().T
+        loss = cross_entropy(token_logits, targets[predicted])
+        if num_items_in_batch is not None:
+            loss = loss * (labels != IGNORE_INDEX).sum() / num_items_in_batch
+        return loss
 
     @torch.inference_mode()
     def step_scores(self, batch: PackedBatch) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Records are TRL's stepwise supervision (`prompt`, `completions`, `labels`), what `prm filter consensus`
 writes. The conversation goes through the service's own `PRMFormatter`, so a model is trained on the
-very token sequences it is later served with. Only separator positions carry a label.
+very token sequences it is later served with. Only separator positions carry a label; the optional
+auxiliary language-modelling targets cover the conversation up to each step labelled right.
 """
 
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ class RecordError(ValueError):
 class Example:
     input_ids: list[int]
     labels: list[int]  # 1 / 0 at separators, IGNORE_INDEX elsewhere
+    lm_labels: list[int]  # the token itself where it belongs to a step labelled right, IGNORE_INDEX elsewhere
 
 
 @dataclass
@@ -68,37 +70,49 @@ def encode_records(records: list[Labelled], formatter: PRMFormatter) -> Encoded:
         except InvalidInput as error:
             raise RecordError(f"record {record.id}: {error}") from error
         token_labels = [IGNORE_INDEX] * len(encoded.input_ids)
+        lm_labels = [IGNORE_INDEX] * len(encoded.input_ids)
+        step_start = 0  # the first step's span takes in the system prompt and the problem
         for position, label in zip(encoded.separator_positions, record.labels, strict=True):
             token_labels[position] = int(label)
-        examples.append(Example(encoded.input_ids, token_labels))
+            if label:
+                lm_labels[step_start : position + 1] = encoded.input_ids[step_start : position + 1]
+            step_start = position + 1
+        examples.append(Example(encoded.input_ids, token_labels, lm_labels))
     return Encoded(examples, too_long)
 
 
 class StepwiseDataset(torch.utils.data.Dataset):
-    def __init__(self, examples: list[Example]):
+    """Examples as the model's forward takes them; `lm_labels` only when the auxiliary loss is on."""
+
+    def __init__(self, examples: list[Example], lm_loss: bool = False):
         self.examples = examples
+        self.lm_loss = lm_loss
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
-        return {"input_ids": example.input_ids, "labels": example.labels}
+        item = {"input_ids": example.input_ids, "labels": example.labels}
+        if self.lm_loss:
+            item["lm_labels"] = example.lm_labels
+        return item
 
 
 def collate(pad_token_id: int):
-    """Right-pad a batch; padding is masked out of attention and of the loss."""
+    """Right-pad a batch; padding is masked out of attention and of the losses."""
 
     def pad(batch: list[dict]) -> dict[str, torch.Tensor]:
         width = max(len(example["input_ids"]) for example in batch)
-        input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        padded = {"attention_mask": torch.zeros((len(batch), width), dtype=torch.long)}
+        for key, fill in (("input_ids", pad_token_id), ("labels", IGNORE_INDEX), ("lm_labels", IGNORE_INDEX)):
+            if key in batch[0]:
+                padded[key] = torch.full((len(batch), width), fill, dtype=torch.long)
         for row, example in enumerate(batch):
             length = len(example["input_ids"])
-            input_ids[row, :length] = torch.tensor(example["input_ids"])
-            labels[row, :length] = torch.tensor(example["labels"])
-            attention_mask[row, :length] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+            padded["attention_mask"][row, :length] = 1
+            for key in padded.keys() - {"attention_mask"}:
+                padded[key][row, :length] = torch.tensor(example[key])
+        return padded
 
     return pad

@@ -42,6 +42,7 @@ class TrainOptions:
     warmup_ratio: float = 0.03
     lr_scheduler: str = "cosine"
     weight_decay: float = 0.0
+    lm_loss: bool = False
     bf16: bool = False
     gradient_checkpointing: bool = False
     fsdp: str = ""
@@ -84,7 +85,7 @@ def train(options: TrainOptions) -> TrainResult:
     trainer = Trainer(
         model=model,
         args=_training_arguments(options, checkpoints),
-        train_dataset=StepwiseDataset(encoded.examples),
+        train_dataset=StepwiseDataset(encoded.examples, options.lm_loss),
         data_collator=collate(tokenizer.pad_token_id),
     )
     resume = options.resume and any(checkpoints.glob("checkpoint-*"))
