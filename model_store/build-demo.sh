@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Rebuild the bundled demo PRM (model_store/demo-arith): synthetic data, a tiny Qwen2 PRM trained from
 # scratch on CPU, its held-out ProcessBench-style evaluation, and publishing as the store's default.
-#   bash model_store/build-demo.sh [WORK_DIR]        # about 35 minutes on 2 CPU cores
+#   bash model_store/build-demo.sh [WORK_DIR]        # about 30 minutes on 2 CPU cores
 set -euo pipefail
 work=${1:-/tmp/prm-demo}
 store=$(dirname "$0")
 
-prm synth --out "$work/data" --train 60000 --heldout 1000 --bon-problems 100 --bon-n 8 --error-rate 0.6 --seed 0
+prm synth --out "$work/data" --train 120000 --heldout 1000 --bon-problems 100 --bon-n 8 --error-rate 0.6 --seed 0
 prm train --base scratch --data "$work/data/train.jsonl" --out "$work/prm" \
-  --lr 1e-3 --batch-size 32 --max-steps 4000 --warmup-ratio 0.02 --logging-steps 50 --save-steps 500 \
+  --lm-loss --lr 1e-3 --batch-size 16 --max-steps 6500 --warmup-ratio 0.02 --logging-steps 100 --save-steps 1000 \
   --eval-processbench "$work/data/heldout.jsonl"
 prm eval bon --model "$work/prm" --data "$work/data/bon.jsonl" --out "$work/bon.json" --device cpu
 prm publish "$work/prm" --name demo-arith --store "$store" --default
