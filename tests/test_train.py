@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from service.jobs.synth import synthesize
 from service.jobs.train.backbone import ScratchShape
-from service.jobs.train.data import encode_records, parse_records
+from service.jobs.train.data import StepwiseDataset, collate, encode_records, parse_records
 from service.jobs.train.run import TrainOptions, train_and_evaluate
 from service.prm.formatting import ScoringInput
 from service.prm.loading import load_prm
@@ -176,3 +176,21 @@ def test_the_lm_loss_teaches_next_tokens_and_saves_nothing_extra(tmp_path, train
 
     learned, untaught = next_token_accuracy(with_lm.out), next_token_accuracy(plain.out)
     assert learned > 0.45 and untaught < 0.1, (learned, untaught)
+
+
+def test_the_lm_loss_averages_over_accumulated_micro_batches_like_one_batch(trained):
+    result, data = trained
+    prm = load_prm(str(result.out), device="cpu")
+    model = Qwen2ForProcessRewardModel.from_pretrained(result.out).eval()
+    records = parse_records([json.loads(line) for line in data["train"].read_text().splitlines()[:2]])
+    examples = encode_records(records, prm.formatter).examples
+    dataset, pad = StepwiseDataset(examples, lm_loss=True), collate(prm.formatter.tokenizer.pad_token_id)
+    micro_batch = pad([dataset[0], dataset[1]])
+    separators = (micro_batch["labels"] != IGNORE_INDEX).sum()
+    with torch.no_grad():
+        one_batch = model(**pad([dataset[0], dataset[1], dataset[0], dataset[1]])).loss
+        # the Trainer's gradient accumulation: two micro-batches, each told the separators of both
+        accumulated = 2 * model(**micro_batch, num_items_in_batch=2 * separators).loss
+        without_lm = model(**pad([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])).loss
+    assert accumulated.item() == pytest.approx(one_batch.item(), rel=1e-5)
+    assert one_batch.item() > without_lm.item() + 1.0  # the next-token loss is really in it
