@@ -8,7 +8,7 @@ store=$(dirname "$0")
 
 prm synth --out "$work/data" --train 120000 --heldout 1000 --bon-problems 100 --bon-n 8 --error-rate 0.6 --seed 0
 prm train --base scratch --data "$work/data/train.jsonl" --out "$work/prm" \
-  --lm-loss --lr 1e-3 --batch-size 16 --max-steps 6500 --warmup-ratio 0.02 --logging-steps 100 --save-steps 1000 \
+  --lm-loss --lr 2e-3 --lr-scheduler linear --batch-size 16 --max-steps 6500 --warmup-ratio 0.02 --logging-steps 100 --save-steps 1000 \
   --eval-processbench "$work/data/heldout.jsonl"
 prm eval bon --model "$work/prm" --data "$work/data/bon.jsonl" --out "$work/bon.json" --device cpu
 prm publish "$work/prm" --name demo-arith --store "$store" --default

@@ -58,7 +58,7 @@ def test_the_demo_finds_first_errors_on_a_fresh_synthetic_set(tmp_path):
         "--out", str(out), "--predictions", str(tmp_path / "predictions.jsonl"), "--device", "cpu")  # fmt: skip
     report = json.loads(out.read_text())
     assert report["model"] == "demo-arith"
-    assert report["subsets"]["heldout"]["f1"] >= 55  # 66 on the build's held-out set: short of the 80 aimed at
+    assert report["subsets"]["heldout"]["f1"] >= 58  # 70 on the build's held-out set: short of the 80 aimed at
     predictions = out.with_name("predictions.jsonl")
     assert predictions.is_file()
     items = [json.loads(line) for line in (tmp_path / "heldout.jsonl").read_text().splitlines()]
@@ -66,5 +66,6 @@ def test_the_demo_finds_first_errors_on_a_fresh_synthetic_set(tmp_path):
     for line, item in zip(predictions.read_text().splitlines(), items, strict=True):
         found.setdefault(item["generator"], []).append(json.loads(line)["prediction"] == item["label"])
     share = {kind: sum(hits) / len(hits) for kind, hits in found.items()}
-    # what it did learn: a wrong operation and a number copied wrongly are caught (98% and 72% at the build)
-    assert share["synth-operation"] >= 0.85 and share["synth-copy"] >= 0.55, share
+    # what it did learn (at the build: operations 98%, copied numbers 61%, calculations 27%, slips 31%)
+    assert share["synth-operation"] >= 0.85 and share["synth-copy"] >= 0.4, share
+    assert share["synth-calculation"] >= 0.15 and share["synth-slip"] >= 0.15, share

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 from service.jobs.synth import synthesize
 from service.jobs.train.backbone import ScratchShape
 from service.jobs.train.data import StepwiseDataset, collate, encode_records, parse_records
-from service.jobs.train.run import TrainOptions, train_and_evaluate
+from service.jobs.train.run import TrainOptions, build_trainer, train_and_evaluate
 from service.prm.formatting import ScoringInput
 from service.prm.loading import load_prm
 from service.prm.model import IGNORE_INDEX, Qwen2ForProcessRewardModel
@@ -194,3 +194,21 @@ def test_the_lm_loss_averages_over_accumulated_micro_batches_like_one_batch(trai
         without_lm = model(**pad([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])).loss
     assert accumulated.item() == pytest.approx(one_batch.item(), rel=1e-5)
     assert one_batch.item() > without_lm.item() + 1.0  # the next-token loss is really in it
+
+
+def test_grouping_by_length_batches_with_less_padding(tmp_path):
+    data = synthesize(tmp_path / "synth", train=96, heldout=0, bon_problems=0, bon_n=1, seed=5)
+
+    def padding_share(group_by_length: bool) -> float:
+        options = TrainOptions(
+            base="scratch", data=[str(data["train"])], out=tmp_path / str(group_by_length), batch_size=8,
+            group_by_length=group_by_length, scratch=TINY,
+        )  # fmt: skip
+        trainer, _, _ = build_trainer(options)
+        batches = list(trainer.get_train_dataloader())
+        assert sum(len(batch["input_ids"]) for batch in batches) == 96  # every record, once
+        masks = [batch["attention_mask"] for batch in batches]
+        return 1 - sum(int(mask.sum()) for mask in masks) / sum(mask.numel() for mask in masks)
+
+    grouped, shuffled = padding_share(True), padding_share(False)
+    assert shuffled > 0.1 and grouped < shuffled / 2

@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import SchedulerType, Trainer, TrainingArguments
+from transformers import PreTrainedTokenizerBase, SchedulerType, Trainer, TrainingArguments
 
 from service import __version__
 from service.jobs.records import InputError, read_records
 from service.jobs.train.backbone import SCRATCH, ScratchShape, corpus_of, output_config_fixups, prepare
-from service.jobs.train.data import StepwiseDataset, collate, encode_records, parse_records
+from service.jobs.train.data import Encoded, StepwiseDataset, collate, encode_records, parse_records
 from service.prm.formatting import PRMFormatter
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class TrainOptions:
     lr_scheduler: str = "cosine"
     weight_decay: float = 0.0
     lm_loss: bool = False
+    group_by_length: bool = False
     bf16: bool = False
     gradient_checkpointing: bool = False
     fsdp: str = ""
@@ -67,6 +68,30 @@ class TrainResult:
 
 def train(options: TrainOptions) -> TrainResult:
     started = time.monotonic()
+    trainer, encoded, tokenizer = build_trainer(options)
+    checkpoints = options.out / CHECKPOINTS
+    resume = options.resume and any(checkpoints.glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(options.out))
+        (options.out / "training_args.bin").unlink(missing_ok=True)  # a pickle: checkpoints/ keeps it for resume
+        tokenizer.save_pretrained(options.out)
+        output_config_fixups(options.out)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return TrainResult(
+        options.out,
+        len(encoded.examples),
+        encoded.too_long,
+        losses[0] if losses else None,
+        losses[-1] if losses else None,
+        time.monotonic() - started,
+        trainer.is_world_process_zero(),
+    )
+
+
+def build_trainer(options: TrainOptions) -> tuple[Trainer, Encoded, PreTrainedTokenizerBase]:
+    """Records -> checked examples -> a model, its tokenizer and a Trainer ready to run."""
     schedules = [schedule.value for schedule in SchedulerType]
     if options.lr_scheduler not in schedules:
         raise InputError(f"--lr-scheduler {options.lr_scheduler!r} is not one of {', '.join(schedules)}")
@@ -81,32 +106,13 @@ def train(options: TrainOptions) -> TrainResult:
     if not encoded.examples:
         raise InputError(f"every record is longer than {formatter.max_length} tokens; raise --max-length")
 
-    checkpoints = options.out / CHECKPOINTS
     trainer = Trainer(
         model=model,
-        args=_training_arguments(options, checkpoints),
+        args=_training_arguments(options, options.out / CHECKPOINTS),
         train_dataset=StepwiseDataset(encoded.examples, options.lm_loss),
         data_collator=collate(tokenizer.pad_token_id),
     )
-    resume = options.resume and any(checkpoints.glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
-
-    if trainer.is_world_process_zero():
-        trainer.save_model(str(options.out))
-        (options.out / "training_args.bin").unlink(missing_ok=True)  # a pickle: checkpoints/ keeps it for resume
-        tokenizer.save_pretrained(options.out)
-        output_config_fixups(options.out)
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    result = TrainResult(
-        options.out,
-        len(encoded.examples),
-        encoded.too_long,
-        losses[0] if losses else None,
-        losses[-1] if losses else None,
-        time.monotonic() - started,
-        trainer.is_world_process_zero(),
-    )
-    return result
+    return trainer, encoded, tokenizer
 
 
 def train_and_evaluate(options: TrainOptions, processbench_files: list[str]) -> TrainResult:
@@ -132,6 +138,7 @@ def _training_arguments(options: TrainOptions, checkpoints: Path) -> TrainingArg
         learning_rate=options.lr,
         per_device_train_batch_size=options.batch_size,
         gradient_accumulation_steps=options.grad_accum,
+        train_sampling_strategy="group_by_length" if options.group_by_length else "random",
         warmup_steps=options.warmup_ratio,  # a float below 1 is a share of the total steps
         weight_decay=options.weight_decay,
         lr_scheduler_type=options.lr_scheduler,
