@@ -105,7 +105,7 @@ def train(
         bool,
         typer.Option(
             help="Batch conversations of similar length together (shuffled in groups), so that less of each "
-            "batch is padding: 1.6 times the steps per second for the demo PRM on CPU."
+            "batch is padding: 1.4 times the steps per second for the demo PRM on CPU (loadtest/bench_train.py)."
         ),
     ] = False,
     bf16: Annotated[bool, typer.Option(help="Mixed precision in bfloat16 (GPUs).")] = False,
