@@ -6,6 +6,7 @@ import httpx
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.nn.functional import cross_entropy
 from transformers import AutoTokenizer
 
 from service.jobs.synth import synthesize
@@ -166,9 +167,8 @@ def test_the_lm_loss_teaches_next_tokens_and_saves_nothing_extra(tmp_path, train
         records = parse_records([json.loads(line) for line in data["train"].read_text().splitlines()])
         hits = total = 0
         for example in encode_records(records, prm.formatter).examples:
-            with torch.no_grad():  # the auxiliary loss reads the layer below the top one
-                below_top = model.model(torch.tensor([example.input_ids]), output_hidden_states=True).hidden_states[-2]
-                predicted = (model.model.norm(below_top[0, :-1]) @ model.model.embed_tokens.weight.T).argmax(-1)
+            with torch.no_grad():
+                predicted = model.next_token_logits(torch.tensor([example.input_ids]))[0, :-1].argmax(-1)
             targets = torch.tensor(example.lm_labels[1:])
             hits += (predicted == targets)[targets != IGNORE_INDEX].sum().item()
             total += (targets != IGNORE_INDEX).sum().item()
@@ -192,8 +192,13 @@ def test_the_lm_loss_averages_over_accumulated_micro_batches_like_one_batch(trai
         # the Trainer's gradient accumulation: two micro-batches, each told the separators of both
         accumulated = 2 * model(**micro_batch, num_items_in_batch=2 * separators).loss
         without_lm = model(**pad([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])).loss
+        targets = torch.cat([torch.tensor(e.lm_labels[1:]) for e in examples])
+        logits = torch.cat([model.next_token_logits(torch.tensor([e.input_ids]))[0, :-1] for e in examples])
+        next_token_loss = cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
     assert accumulated.item() == pytest.approx(one_batch.item(), rel=1e-5)
     assert one_batch.item() > without_lm.item() + 1.0  # the next-token loss is really in it
+    # and it is the loss of what next_token_logits (the probe's readout) predicts
+    assert one_batch.item() - without_lm.item() == pytest.approx(next_token_loss.item(), rel=1e-4)
 
 
 def test_grouping_by_length_batches_with_less_padding(tmp_path):

@@ -15,6 +15,7 @@ from service.prm.packing import PackedBatch
 
 NUM_LABELS = 2  # Qwen2.5-Math-PRM's config has no num_labels; the head always has two logits
 IGNORE_INDEX = -100  # label of every token that is not a step separator
+LM_LOSS_LAYER = -2  # the hidden state the auxiliary next-token loss reads: the layer below the top one
 
 
 class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
@@ -60,7 +61,7 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
                 loss = cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
                 loss = loss / num_items_in_batch
             if with_lm_loss:
-                below_top = self.model.norm(outputs.hidden_states[-2])
+                below_top = self.model.norm(outputs.hidden_states[LM_LOSS_LAYER])
                 loss = loss + self._next_token_loss(below_top, lm_labels, labels, num_items_in_batch)
         return TokenClassifierOutput(loss=loss, logits=logits)
 
@@ -77,11 +78,20 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
         predicted = targets != IGNORE_INDEX
         if not predicted.any():
             return hidden.new_zeros((), dtype=torch.float32)
-        token_logits = hidden[:, :-1][predicted].float() @ self.model.embed_tokens.weight.float().T
+        token_logits = self._token_logits(hidden[:, :-1][predicted])
         loss = cross_entropy(token_logits, targets[predicted])
         if num_items_in_batch is not None:
             loss = loss * (labels != IGNORE_INDEX).sum() / num_items_in_batch
         return loss
+
+    def _token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden.float() @ self.model.embed_tokens.weight.float().T
+
+    def next_token_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """What the auxiliary next-token loss trains the model to predict at every position of unpadded
+        `input_ids`: for probing whether a trained PRM knows the arithmetic it should check."""
+        outputs = self.model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
+        return self._token_logits(self.model.norm(outputs.hidden_states[LM_LOSS_LAYER]))
 
     @torch.inference_mode()
     def step_scores(self, batch: PackedBatch) -> torch.Tensor:
