@@ -22,6 +22,7 @@ from service.jobs.evaluate.processbench import as_scoring_input, first_below, lo
 from service.jobs.evaluate.run import EvalModel
 from service.jobs.evaluate.scoring import score_items
 from service.prm.formatting import ScoringInput
+from service.prm.model import Qwen2ForProcessRewardModel
 
 COMPUTATION = re.compile(r"(\d+) ([-+×÷]) (\d+) = (\d+)")
 
@@ -84,7 +85,8 @@ def addition_sensitivity(prm) -> dict[int, list[float]]:
 @torch.inference_mode()
 def result_digit_accuracy(prm, items: list[dict]) -> dict:
     """Teacher-forced next-token accuracy on the digits after each `=` of the correct solutions."""
-    model, tokenizer = prm.model, prm.formatter.tokenizer
+    model = Qwen2ForProcessRewardModel.from_pretrained(prm.path).eval()  # served models attend packed batches only
+    tokenizer = prm.formatter.tokenizer
     equals = tokenizer.convert_tokens_to_ids("Ġ=")
     digits = set(tokenizer.convert_tokens_to_ids([str(d) for d in range(10)]))
     hits = defaultdict(lambda: [0, 0])
@@ -92,7 +94,7 @@ def result_digit_accuracy(prm, items: list[dict]) -> dict:
         if item["label"] != -1:
             continue
         ids = prm.formatter.encode(ScoringInput(problem=item["problem"], steps=item["steps"])).input_ids
-        predicted = model.next_token_logits(torch.tensor([ids], device=model.device))[0].argmax(-1).tolist()
+        predicted = model.next_token_logits(torch.tensor([ids]))[0].argmax(-1).tolist()
         ops = iter(operation(step) for step in item["steps"] if operation(step))
         for position, token in enumerate(ids):
             if token != equals:
