@@ -93,9 +93,9 @@ def result_digit_accuracy(prm, items: list[dict]) -> dict:
     for item in items:
         if item["label"] != -1:
             continue
-        ids = prm.formatter.encode(ScoringInput(problem=item["problem"], steps=item["steps"])).input_ids
+        ids = prm.formatter.encode(as_scoring_input(item)).input_ids
         predicted = model.next_token_logits(torch.tensor([ids]))[0].argmax(-1).tolist()
-        ops = iter(operation(step) for step in item["steps"] if operation(step))
+        ops = filter(None, map(operation, item["steps"]))  # one per "=", in order
         for position, token in enumerate(ids):
             if token != equals:
                 continue
