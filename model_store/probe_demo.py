@@ -7,7 +7,11 @@ Prints, for each operation (+, -, x, /) of the step a solution got wrong:
 - AUC of the step scores, wrong results (calculation and slip) against right steps: 0.5 is blind;
 - the scores of one hand-made solution whose first step, an addition, is right or off by 2, 10 and 40;
 - next-token accuracy on each digit of every result in the correct solutions, read where `prm train --lm-loss`
-  reads it, so one can tell whether the model does not know the arithmetic or knows it and does not use it.
+  reads it, so one can tell whether the model does not know the arithmetic or knows it and does not use it;
+- with one digit of each correct solution replaced (as `prm train --digit-check` does), per operation and
+  place of the digit: AUC of the digit check at that digit (read where `--digit-check` trains it) and of the
+  step score at that step's separator, so one can tell whether a wrong number is spotted where it is written
+  and whether the step's score then uses it.
 
 A diagnostic for the synthetic world only: it parses `prm synth`'s step wording (`a + b = c`).
 """
@@ -21,8 +25,9 @@ import torch
 from service.jobs.evaluate.processbench import as_scoring_input, first_below, load_subsets
 from service.jobs.evaluate.run import EvalModel
 from service.jobs.evaluate.scoring import score_items
+from service.jobs.train.data import encode_records, parse_records
 from service.prm.formatting import ScoringInput
-from service.prm.model import Qwen2ForProcessRewardModel
+from service.prm.model import IGNORE_INDEX, Qwen2ForProcessRewardModel
 
 COMPUTATION = re.compile(r"(\d+) ([-+×÷]) (\d+) = (\d+)")
 
@@ -107,6 +112,53 @@ def result_digit_accuracy(prm, items: list[dict]) -> dict:
     return hits
 
 
+@torch.inference_mode()
+def replaced_digit_auc(prm, items: list[dict]) -> dict:
+    """AUCs of the digit check and of the step score, right digits and steps against one replaced digit per
+    correct solution, by the operation of its step and where the digit sits: in a number before the `=`, the
+    last digit of the result (the one a wrong calculation changes) or another digit of it; `-` when the step
+    computes nothing."""
+    model = Qwen2ForProcessRewardModel.from_pretrained(prm.path).eval()
+    records = [
+        {
+            "id": item["id"],
+            "prompt": item["problem"],
+            "completions": item["steps"],
+            "labels": [True] * len(item["steps"]),
+        }
+        for item in items
+        if item["label"] == -1
+    ]
+    examples = encode_records(parse_records(records), prm.formatter, digit_check=1.0).examples
+    checks, steps = defaultdict(list), defaultdict(list)
+    for example in examples:
+        ids = torch.tensor([example.input_ids])
+        check = torch.softmax(model.digit_check_logits(ids)[0], -1)[:, 1].tolist()
+        step = torch.softmax(model(ids).logits[0], -1)[:, 1].tolist()
+        separators = [p for p, label in enumerate(example.labels) if label != IGNORE_INDEX]
+        if 0 not in example.check_labels:  # an original: every checked digit and step is right
+            checks["right"] += [check[p] for p, label in enumerate(example.check_labels) if label == 1]
+            steps["right"] += [step[p] for p in separators]
+            continue
+        replaced, separator = example.check_labels.index(0), separators[-1]
+        start = max([p + 1 for p in separators[:-1]], default=0)
+        text = prm.formatter.tokenizer.decode(example.input_ids[start:replaced])
+        op = operation(prm.formatter.tokenizer.decode(example.input_ids[start:separator])) or "-"
+        if "=" not in text.split("\n")[-1]:
+            place = "before the ="
+        elif prm.formatter.tokenizer.decode(example.input_ids[replaced + 1]).isdigit():
+            place = "result, other digit"
+        else:
+            place = "result, last digit"
+        checks[(op, place)].append(check[replaced])
+        steps[(op, place)].append(step[separator])
+    return {
+        key: (len(checks[key]), _auc(checks["right"], checks[key]), _auc(steps["right"], steps[key]))
+        for key in checks
+        if key != "right"
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -129,6 +181,9 @@ def main() -> None:
     print("next-token accuracy on result digits of correct solutions (place 0 = the leading digit)")
     for (op, place), (hit, total) in sorted(result_digit_accuracy(prm, items).items()):
         print(f"  {op} place {place}  {hit:4} / {total:<4} {100 * hit / total:5.1f}%")
+    print("one digit of each correct solution replaced: AUC of the digit check there, and of the step's score")
+    for (op, place), (total, check, step) in sorted(replaced_digit_auc(prm, items).items()):
+        print(f"  {op} {place:22} {total:4}  check {check:.3f}  step {step:.3f}")
 
 
 if __name__ == "__main__":

@@ -101,6 +101,16 @@ def train(
             "(nothing extra is saved): for small models trained from scratch, like the demo PRM."
         ),
     ] = False,
+    digit_check: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Share of records that also train as a copy with one digit of a step labelled right replaced "
+            "(that step labelled wrong), and the score head read one layer down is trained at every digit to "
+            "spot it: for arithmetic data whose steps' numbers all follow from the problem, like the demo's.",
+        ),
+    ] = 0.0,
     group_by_length: Annotated[
         bool,
         typer.Option(
@@ -154,6 +164,7 @@ def train(
         lr_scheduler=lr_scheduler,
         weight_decay=weight_decay,
         lm_loss=lm_loss,
+        digit_check=digit_check,
         group_by_length=group_by_length,
         bf16=bf16,
         gradient_checkpointing=gradient_checkpointing,
@@ -176,7 +187,9 @@ def train(
     with _input_errors():
         result = train_and_evaluate(options, eval_processbench or [])
     typer.echo(
-        f"trained on {result.examples} records ({result.too_long} left out as too long) in {result.seconds:.0f} s; "
+        f"trained on {result.examples} records ({result.too_long} left out as too long"
+        + (f", {result.digit_check_copies} digit-check copies added" if result.digit_check_copies else "")
+        + f") in {result.seconds:.0f} s; "
         f"loss {result.first_loss} -> {result.last_loss}; checkpoint: {out}"
     )
 

@@ -15,7 +15,7 @@ from service.prm.packing import PackedBatch
 
 NUM_LABELS = 2  # Qwen2.5-Math-PRM's config has no num_labels; the head always has two logits
 IGNORE_INDEX = -100  # label of every token that is not a step separator
-LM_LOSS_LAYER = -2  # the hidden state the auxiliary next-token loss reads: the layer below the top one
+AUX_LAYER = -2  # the hidden state the auxiliary losses read: the layer below the top one
 
 
 class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
@@ -36,6 +36,7 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
         labels: torch.Tensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         lm_labels: torch.Tensor | None = None,
+        check_labels: torch.Tensor | None = None,
         **kwargs,
     ) -> TokenClassifierOutput:
         """Two logits at every position (padded batches), as the checkpoint's remote code computes them.
@@ -44,11 +45,15 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
         separator positions only: the paper's hard-label objective, used by `prm train`. The Trainer passes
         `num_items_in_batch` (labelled positions over all accumulated micro-batches), so that gradient
         accumulation averages over separators, not over micro-batches. `lm_labels` adds the auxiliary
-        next-token loss of `prm train --lm-loss`.
+        next-token loss of `prm train --lm-loss`, `check_labels` the digit check of `--digit-check`.
         """
         with_lm_loss = labels is not None and lm_labels is not None
+        with_check = labels is not None and check_labels is not None
         outputs = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=with_lm_loss
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            output_hidden_states=with_lm_loss or with_check,
         )
         logits = self.score(outputs.last_hidden_state.float())
         loss = None
@@ -60,10 +65,32 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
             else:
                 loss = cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
                 loss = loss / num_items_in_batch
+            if with_lm_loss or with_check:
+                below_top = self.model.norm(outputs.hidden_states[AUX_LAYER])
             if with_lm_loss:
-                below_top = self.model.norm(outputs.hidden_states[LM_LOSS_LAYER])
                 loss = loss + self._next_token_loss(below_top, lm_labels, labels, num_items_in_batch)
+            if with_check:
+                loss = loss + self._digit_check_loss(below_top, check_labels, labels, num_items_in_batch)
         return TokenClassifierOutput(loss=loss, logits=logits)
+
+    def _digit_check_loss(self, hidden, check_labels, labels, num_items_in_batch) -> torch.Tensor:
+        """The score head, read one layer down at the digits of steps labelled right: is the solution
+        still right at this digit? A replaced digit (label 0) is where it stops being right. Trains the
+        model to check each number where it is written, a layer below the top, so that the top layer only
+        has to carry a failed check to the step's separator; the head's meaning is the same as at the
+        separators, so that carrying is a copy. Averaged like the next-token loss."""
+        check_labels = check_labels.to(hidden.device)
+        checked = check_labels != IGNORE_INDEX
+        if not checked.any():
+            return hidden.new_zeros((), dtype=torch.float32)
+        loss = cross_entropy(self._check_logits(hidden[checked]), check_labels[checked])
+        return self._share_of_separators(loss, labels, num_items_in_batch)
+
+    @staticmethod
+    def _share_of_separators(loss, labels, num_items_in_batch) -> torch.Tensor:
+        if num_items_in_batch is not None:
+            loss = loss * (labels != IGNORE_INDEX).sum() / num_items_in_batch
+        return loss
 
     def _next_token_loss(self, hidden, lm_labels, labels, num_items_in_batch) -> torch.Tensor:
         """Predict each token of the steps labelled right from the one before it, through the input
@@ -80,18 +107,27 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
             return hidden.new_zeros((), dtype=torch.float32)
         token_logits = self._token_logits(hidden[:, :-1][predicted])
         loss = cross_entropy(token_logits, targets[predicted])
-        if num_items_in_batch is not None:
-            loss = loss * (labels != IGNORE_INDEX).sum() / num_items_in_batch
-        return loss
+        return self._share_of_separators(loss, labels, num_items_in_batch)
 
     def _token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden.float() @ self.model.embed_tokens.weight.float().T
 
+    def _check_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.score(hidden.float())
+
     def next_token_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """What the auxiliary next-token loss trains the model to predict at every position of unpadded
         `input_ids`: for probing whether a trained PRM knows the arithmetic it should check."""
+        return self._token_logits(self._below_top(input_ids))
+
+    def digit_check_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """What the digit-check loss trains at every position of unpadded `input_ids`: for probing whether
+        a trained PRM spots a wrong number where it is written, and whether its separators then use it."""
+        return self._check_logits(self._below_top(input_ids))
+
+    def _below_top(self, input_ids: torch.Tensor) -> torch.Tensor:
         outputs = self.model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
-        return self._token_logits(self.model.norm(outputs.hidden_states[LM_LOSS_LAYER]))
+        return self.model.norm(outputs.hidden_states[AUX_LAYER])
 
     @torch.inference_mode()
     def step_scores(self, batch: PackedBatch) -> torch.Tensor:

@@ -3,16 +3,20 @@
 Records are TRL's stepwise supervision (`prompt`, `completions`, `labels`), what `prm filter consensus`
 writes. The conversation goes through the service's own `PRMFormatter`, so a model is trained on the
 very token sequences it is later served with. Only separator positions carry a label; the optional
-auxiliary language-modelling targets cover the conversation up to each step labelled right.
+auxiliary targets (next tokens, digit checks) cover the conversation up to each step labelled right, and
+the digit check adds copies of records with one digit replaced.
 """
 
+import random
 from dataclasses import dataclass
 
 import torch
 
 from service.prm.errors import InputTooLong, InvalidInput
-from service.prm.formatting import PRMFormatter, ScoringInput
+from service.prm.formatting import EncodedItem, PRMFormatter, ScoringInput
 from service.prm.model import IGNORE_INDEX
+
+DIGITS = set("0123456789")
 
 
 class RecordError(ValueError):
@@ -24,12 +28,14 @@ class Example:
     input_ids: list[int]
     labels: list[int]  # 1 / 0 at separators, IGNORE_INDEX elsewhere
     lm_labels: list[int]  # the token itself where it belongs to a step labelled right, IGNORE_INDEX elsewhere
+    check_labels: list[int]  # 1 at each digit of a step labelled right, 0 at a replaced digit, IGNORE_INDEX elsewhere
 
 
 @dataclass
 class Encoded:
-    examples: list[Example]
+    examples: list[Example]  # one per record that fits, then its digit-check copy if it has one
     too_long: int  # records longer than the model's maximum length, left out and reported
+    digit_check_copies: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,14 @@ def _parse(record: dict, index: int) -> Labelled:
     return Labelled(str(record.get("id", index)), item, [bool(label) for label in labels])
 
 
-def encode_records(records: list[Labelled], formatter: PRMFormatter) -> Encoded:
-    examples, too_long = [], 0
+def encode_records(
+    records: list[Labelled], formatter: PRMFormatter, digit_check: float = 0.0, seed: int = 0
+) -> Encoded:
+    """One example per record that fits; with `digit_check`, that share of them also gives a copy with one
+    digit of a step labelled right replaced (see `replace_digit`)."""
+    rng = random.Random(seed)
+    digits = digit_token_ids(formatter.tokenizer) if digit_check else []
+    examples, too_long, copies = [], 0, 0
     for record in records:
         try:
             encoded = formatter.encode(record.item)
@@ -69,24 +81,91 @@ def encode_records(records: list[Labelled], formatter: PRMFormatter) -> Encoded:
             continue
         except InvalidInput as error:
             raise RecordError(f"record {record.id}: {error}") from error
-        token_labels = [IGNORE_INDEX] * len(encoded.input_ids)
-        lm_labels = [IGNORE_INDEX] * len(encoded.input_ids)
-        step_start = 0  # the first step's span takes in the system prompt and the problem
-        for position, label in zip(encoded.separator_positions, record.labels, strict=True):
-            token_labels[position] = int(label)
-            if label:
-                lm_labels[step_start : position + 1] = encoded.input_ids[step_start : position + 1]
-            step_start = position + 1
-        examples.append(Example(encoded.input_ids, token_labels, lm_labels))
-    return Encoded(examples, too_long)
+        spans = _step_spans(formatter, record, encoded, bool(digits))
+        example = _labelled(encoded.input_ids, spans, record.labels, digits)
+        examples.append(example)
+        if digit_check and rng.random() < digit_check:
+            corrupted = replace_digit(example, spans, record.labels, digits, rng)
+            if corrupted is not None:
+                examples.append(corrupted)
+                copies += 1
+    return Encoded(examples, too_long, copies)
+
+
+def digit_token_ids(tokenizer) -> list[int]:
+    """Token ids that are exactly one digit: what a digit check can replace. All ten must be there."""
+    ids = [token_id for token_id in range(len(tokenizer)) if tokenizer.decode([token_id]) in DIGITS]
+    if {tokenizer.decode([token_id]) for token_id in ids} != DIGITS:
+        raise RecordError("--digit-check needs a tokenizer with one token for each digit")
+    return ids
+
+
+def _step_spans(
+    formatter: PRMFormatter, record: Labelled, encoded: EncodedItem, find_first: bool
+) -> list[tuple[int, int]]:
+    """[start, separator] token positions of each step. With `find_first` the first step starts where its
+    own tokens do, just before the first separator; else at 0."""
+    first = 0
+    if find_first:
+        first_step = formatter.tokenizer(record.item.steps[0], add_special_tokens=False)["input_ids"]
+        first = encoded.separator_positions[0] - len(first_step)
+        if encoded.input_ids[first : encoded.separator_positions[0]] != first_step:
+            raise RecordError(f"record {record.id}: its first step tokenises differently alone and after the prompt")
+    starts = [first] + [position + 1 for position in encoded.separator_positions[:-1]]
+    return list(zip(starts, encoded.separator_positions, strict=True))
+
+
+def _labelled(input_ids: list[int], spans, labels: list[bool], digits: list[int]) -> Example:
+    """Separator labels; next-token and digit-check targets over the conversation up to each step
+    labelled right (the first step's next-token targets take in the prompt)."""
+    token_labels = [IGNORE_INDEX] * len(input_ids)
+    lm_labels = [IGNORE_INDEX] * len(input_ids)
+    check_labels = [IGNORE_INDEX] * len(input_ids)
+    lm_start = 0
+    for (start, separator), label in zip(spans, labels, strict=True):
+        token_labels[separator] = int(label)
+        if label:
+            lm_labels[lm_start : separator + 1] = input_ids[lm_start : separator + 1]
+            for position in range(start, separator):
+                if input_ids[position] in digits:
+                    check_labels[position] = 1
+        lm_start = separator + 1
+    return Example(input_ids, token_labels, lm_labels, check_labels)
+
+
+def replace_digit(example: Example, spans, labels: list[bool], digits: list[int], rng: random.Random) -> Example | None:
+    """ELECTRA's replaced-token detection, on digits: one digit of a step before the first wrong one is
+    replaced by another, which makes that step wrong (every number of a step is either taken from the
+    problem and earlier steps or computed from them). The replaced digit's check label is 0 and its
+    next-token target stays the original digit; the step is labelled wrong, and everything else after the
+    replaced digit is left out of every loss. None when no such step has a digit."""
+    right_prefix = spans[: labels.index(False)] if False in labels else spans
+    candidates = [
+        (position, separator)
+        for start, separator in right_prefix
+        for position in range(start, separator)
+        if example.input_ids[position] in digits
+    ]
+    if not candidates:
+        return None
+    position, separator = rng.choice(candidates)
+    original = example.input_ids[position]
+    input_ids = list(example.input_ids)
+    input_ids[position] = rng.choice([token for token in digits if token != original])
+    token_labels = example.labels[: separator + 1] + [IGNORE_INDEX] * (len(input_ids) - separator - 1)
+    token_labels[separator] = 0
+    lm_labels = example.lm_labels[: position + 1] + [IGNORE_INDEX] * (len(input_ids) - position - 1)
+    check_labels = example.check_labels[:position] + [0] + [IGNORE_INDEX] * (len(input_ids) - position - 1)
+    return Example(input_ids, token_labels, lm_labels, check_labels)
 
 
 class StepwiseDataset(torch.utils.data.Dataset):
-    """Examples as the model's forward takes them; `lm_labels` only when the auxiliary loss is on."""
+    """Examples as the model's forward takes them; auxiliary targets only for the losses that are on."""
 
-    def __init__(self, examples: list[Example], lm_loss: bool = False):
+    def __init__(self, examples: list[Example], lm_loss: bool = False, digit_check: bool = False):
         self.examples = examples
         self.lm_loss = lm_loss
+        self.digit_check = digit_check
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -96,6 +175,8 @@ class StepwiseDataset(torch.utils.data.Dataset):
         item = {"input_ids": example.input_ids, "labels": example.labels}
         if self.lm_loss:
             item["lm_labels"] = example.lm_labels
+        if self.digit_check:
+            item["check_labels"] = example.check_labels
         return item
 
 
@@ -105,7 +186,12 @@ def collate(pad_token_id: int):
     def pad(batch: list[dict]) -> dict[str, torch.Tensor]:
         width = max(len(example["input_ids"]) for example in batch)
         padded = {"attention_mask": torch.zeros((len(batch), width), dtype=torch.long)}
-        for key, fill in (("input_ids", pad_token_id), ("labels", IGNORE_INDEX), ("lm_labels", IGNORE_INDEX)):
+        for key, fill in (
+            ("input_ids", pad_token_id),
+            ("labels", IGNORE_INDEX),
+            ("lm_labels", IGNORE_INDEX),
+            ("check_labels", IGNORE_INDEX),
+        ):
             if key in batch[0]:
                 padded[key] = torch.full((len(batch), width), fill, dtype=torch.long)
         for row, example in enumerate(batch):

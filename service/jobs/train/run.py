@@ -43,6 +43,7 @@ class TrainOptions:
     lr_scheduler: str = "cosine"
     weight_decay: float = 0.0
     lm_loss: bool = False
+    digit_check: float = 0.0
     group_by_length: bool = False
     bf16: bool = False
     gradient_checkpointing: bool = False
@@ -58,8 +59,9 @@ class TrainOptions:
 @dataclass
 class TrainResult:
     out: Path
-    examples: int
+    examples: int  # records trained on
     too_long: int
+    digit_check_copies: int
     first_loss: float | None
     last_loss: float | None
     seconds: float
@@ -81,8 +83,9 @@ def train(options: TrainOptions) -> TrainResult:
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return TrainResult(
         options.out,
-        len(encoded.examples),
+        len(encoded.examples) - encoded.digit_check_copies,
         encoded.too_long,
+        encoded.digit_check_copies,
         losses[0] if losses else None,
         losses[-1] if losses else None,
         time.monotonic() - started,
@@ -100,7 +103,7 @@ def build_trainer(options: TrainOptions) -> tuple[Trainer, Encoded, PreTrainedTo
         raise InputError("the training data has no records")
     model, tokenizer = prepare(options.base, corpus_of(records), options.scratch, options.seed)
     formatter = PRMFormatter(tokenizer, max_length=options.max_length or model.config.max_position_embeddings)
-    encoded = encode_records(records, formatter)
+    encoded = encode_records(records, formatter, options.digit_check, options.seed)
     if encoded.too_long:
         log.warning("left out %d records longer than %d tokens", encoded.too_long, formatter.max_length)
     if not encoded.examples:
@@ -109,7 +112,7 @@ def build_trainer(options: TrainOptions) -> tuple[Trainer, Encoded, PreTrainedTo
     trainer = Trainer(
         model=model,
         args=_training_arguments(options, options.out / CHECKPOINTS),
-        train_dataset=StepwiseDataset(encoded.examples, options.lm_loss),
+        train_dataset=StepwiseDataset(encoded.examples, options.lm_loss, options.digit_check > 0),
         data_collator=collate(tokenizer.pad_token_id),
     )
     return trainer, encoded, tokenizer
@@ -168,6 +171,7 @@ def write_manifest(options: TrainOptions, result: TrainResult, metrics: dict | N
         "training": {
             "examples": result.examples,
             "left_out_too_long": result.too_long,
+            "digit_check_copies": result.digit_check_copies,
             "first_loss": result.first_loss,
             "last_loss": result.last_loss,
             "seconds": round(result.seconds, 1),
