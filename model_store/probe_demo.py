@@ -88,9 +88,8 @@ def addition_sensitivity(prm) -> dict[int, list[float]]:
 
 
 @torch.inference_mode()
-def result_digit_accuracy(prm, items: list[dict]) -> dict:
+def result_digit_accuracy(prm, model: Qwen2ForProcessRewardModel, items: list[dict]) -> dict:
     """Teacher-forced next-token accuracy on the digits after each `=` of the correct solutions."""
-    model = Qwen2ForProcessRewardModel.from_pretrained(prm.path).eval()  # served models attend packed batches only
     tokenizer = prm.formatter.tokenizer
     equals = tokenizer.convert_tokens_to_ids("Ġ=")
     digits = set(tokenizer.convert_tokens_to_ids([str(d) for d in range(10)]))
@@ -113,12 +112,11 @@ def result_digit_accuracy(prm, items: list[dict]) -> dict:
 
 
 @torch.inference_mode()
-def replaced_digit_auc(prm, items: list[dict]) -> dict:
+def replaced_digit_auc(prm, model: Qwen2ForProcessRewardModel, items: list[dict]) -> dict:
     """AUCs of the digit check and of the step score, right digits and steps against one replaced digit per
     correct solution, by the operation of its step and where the digit sits: in a number before the `=`, the
     last digit of the result (the one a wrong calculation changes) or another digit of it; `-` when the step
     computes nothing."""
-    model = Qwen2ForProcessRewardModel.from_pretrained(prm.path).eval()
     records = [
         {
             "id": item["id"],
@@ -167,6 +165,7 @@ def main() -> None:
     args = parser.parse_args()
     (items,) = load_subsets([args.heldout]).values()
     prm = EvalModel(args.model, device="cpu").load()
+    unpacked = Qwen2ForProcessRewardModel.from_pretrained(prm.path).eval()  # the served one attends packed batches
     scores = score_items(prm, [(item["id"], as_scoring_input(item)) for item in items], desc="scoring")
 
     print(f"first error found at threshold {args.threshold} (found / items)")
@@ -179,10 +178,10 @@ def main() -> None:
     for result, step_scores in addition_sensitivity(prm).items():
         print(f"  34 + 10 = {result}: " + " ".join(f"{score:.3f}" for score in step_scores))
     print("next-token accuracy on result digits of correct solutions (place 0 = the leading digit)")
-    for (op, place), (hit, total) in sorted(result_digit_accuracy(prm, items).items()):
+    for (op, place), (hit, total) in sorted(result_digit_accuracy(prm, unpacked, items).items()):
         print(f"  {op} place {place}  {hit:4} / {total:<4} {100 * hit / total:5.1f}%")
     print("one digit of each correct solution replaced: AUC of the digit check there, and of the step's score")
-    for (op, place), (total, check, step) in sorted(replaced_digit_auc(prm, items).items()):
+    for (op, place), (total, check, step) in sorted(replaced_digit_auc(prm, unpacked, items).items()):
         print(f"  {op} {place:22} {total:4}  check {check:.3f}  step {step:.3f}")
 
 

@@ -228,7 +228,9 @@ def test_a_digit_check_copy_replaces_one_digit_of_a_step_before_the_first_wrong_
     ).separator_positions
     replaced_at = set()
     for seed in range(30):
-        original, copy = encode_records(parse_records([record]), prm.formatter, digit_check=1.0, seed=seed).examples
+        encoded = encode_records(parse_records([record]), prm.formatter, digit_check=1.0, seed=seed)
+        assert encoded.digit_check_copies == 1
+        original, copy = encoded.examples
         ids = original.input_ids
         digits = [p for p in range(first) if original.check_labels[p] == 1]
         assert prm.formatter.tokenizer.decode([ids[p] for p in digits]) == "314"  # the right step's, not the prompt's
