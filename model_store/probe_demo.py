@@ -8,10 +8,10 @@ Prints, for each operation (+, -, x, /) of the step a solution got wrong:
 - the scores of one hand-made solution whose first step, an addition, is right or off by 2, 10 and 40;
 - next-token accuracy on each digit of every result in the correct solutions, read where `prm train --lm-loss`
   reads it, so one can tell whether the model does not know the arithmetic or knows it and does not use it;
-- with one digit of each correct solution replaced (as `prm train --digit-check` does), per operation and
-  place of the digit: AUC of the digit check at that digit (read where `--digit-check` trains it) and of the
-  step score at that step's separator, so one can tell whether a wrong number is spotted where it is written
-  and whether the step's score then uses it.
+- with one result's last digit of each correct solution replaced (as `prm train --digit-check` does), per
+  operation: AUC of the score at that digit and at its step's separator, each against the same position of
+  the solution as written, so one can tell whether a wrong result is spotted where it is written and whether
+  the step's score then uses it.
 
 A diagnostic for the synthetic world only: it parses `prm synth`'s step wording (`a + b = c`).
 """
@@ -19,6 +19,7 @@ A diagnostic for the synthetic world only: it parses `prm synth`'s step wording 
 import argparse
 import re
 from collections import defaultdict
+from itertools import pairwise
 
 import torch
 
@@ -113,10 +114,10 @@ def result_digit_accuracy(prm, model: Qwen2ForProcessRewardModel, items: list[di
 
 @torch.inference_mode()
 def replaced_digit_auc(prm, model: Qwen2ForProcessRewardModel, items: list[dict]) -> dict:
-    """AUCs of the digit check and of the step score, right digits and steps against one replaced digit per
-    correct solution, by the operation of its step and where the digit sits: in a number before the `=`, the
-    last digit of the result (the one a wrong calculation changes) or another digit of it; `-` when the step
-    computes nothing."""
+    """Per operation: AUCs of the score at a replaced last digit of a result (one per correct solution, as
+    `prm train --digit-check` replaces it) and at its step's separator, each against the same position of
+    the solution as written. Compared at the same position, so that a place where the model is unsure of
+    every solution does not pass for one where it spots the wrong one."""
     records = [
         {
             "id": item["id"],
@@ -128,33 +129,23 @@ def replaced_digit_auc(prm, model: Qwen2ForProcessRewardModel, items: list[dict]
         if item["label"] == -1
     ]
     examples = encode_records(parse_records(records), prm.formatter, digit_check=1.0).examples
-    checks, steps = defaultdict(list), defaultdict(list)
-    for example in examples:
-        ids = torch.tensor([example.input_ids])
-        check = torch.softmax(model.digit_check_logits(ids)[0], -1)[:, 1].tolist()
-        step = torch.softmax(model(ids).logits[0], -1)[:, 1].tolist()
-        separators = [p for p, label in enumerate(example.labels) if label != IGNORE_INDEX]
-        if 0 not in example.check_labels:  # an original: every checked digit and step is right
-            checks["right"] += [check[p] for p, label in enumerate(example.check_labels) if label == 1]
-            steps["right"] += [step[p] for p in separators]
-            continue
-        replaced, separator = example.check_labels.index(0), separators[-1]
-        start = max([p + 1 for p in separators[:-1]], default=0)
-        text = prm.formatter.tokenizer.decode(example.input_ids[start:replaced])
-        op = operation(prm.formatter.tokenizer.decode(example.input_ids[start:separator])) or "-"
-        if "=" not in text.split("\n")[-1]:
-            place = "before the ="
-        elif prm.formatter.tokenizer.decode(example.input_ids[replaced + 1]).isdigit():
-            place = "result, other digit"
-        else:
-            place = "result, last digit"
-        checks[(op, place)].append(check[replaced])
-        steps[(op, place)].append(step[separator])
-    return {
-        key: (len(checks[key]), _auc(checks["right"], checks[key]), _auc(steps["right"], steps[key]))
-        for key in checks
-        if key != "right"
-    }
+    at_digit, at_separator = defaultdict(lambda: ([], [])), defaultdict(lambda: ([], []))
+    for original, copy in _originals_and_copies(examples):
+        replaced, separator = copy.check_labels.index(0), copy.labels.index(0)
+        start = max([p + 1 for p, label in enumerate(copy.labels[:separator]) if label != IGNORE_INDEX], default=0)
+        op = operation(prm.formatter.tokenizer.decode(copy.input_ids[start:separator]))
+        for example, side in ((original, 0), (copy, 1)):
+            scores = torch.softmax(model(torch.tensor([example.input_ids])).logits[0], -1)[:, 1]
+            at_digit[op][side].append(scores[replaced].item())
+            at_separator[op][side].append(scores[separator].item())
+    return {op: (len(at_digit[op][1]), _auc(*at_digit[op]), _auc(*at_separator[op])) for op in at_digit}
+
+
+def _originals_and_copies(examples: list):
+    """`encode_records` puts each record's digit-check copy right after it; records with no result have none."""
+    for original, copy in pairwise(examples):
+        if 0 not in original.check_labels and 0 in copy.check_labels:
+            yield original, copy
 
 
 def main() -> None:
@@ -180,9 +171,9 @@ def main() -> None:
     print("next-token accuracy on result digits of correct solutions (place 0 = the leading digit)")
     for (op, place), (hit, total) in sorted(result_digit_accuracy(prm, unpacked, items).items()):
         print(f"  {op} place {place}  {hit:4} / {total:<4} {100 * hit / total:5.1f}%")
-    print("one digit of each correct solution replaced: AUC of the digit check there, and of the step's score")
-    for (op, place), (total, check, step) in sorted(replaced_digit_auc(prm, unpacked, items).items()):
-        print(f"  {op} {place:22} {total:4}  check {check:.3f}  step {step:.3f}")
+    print("one result's last digit of each correct solution replaced: AUC of the score there and at its separator")
+    for op, (total, digit, step) in sorted(replaced_digit_auc(prm, unpacked, items).items()):
+        print(f"  {op}  {total:4}  at the digit {digit:.3f}  at the separator {step:.3f}")
 
 
 if __name__ == "__main__":

@@ -219,34 +219,40 @@ def test_grouping_by_length_batches_with_less_padding(tmp_path):
     assert shuffled > 0.1 and grouped < shuffled / 2
 
 
-def test_a_digit_check_copy_replaces_one_digit_of_a_step_before_the_first_wrong_one(trained):
+def test_a_digit_check_copy_replaces_the_last_digit_of_a_result_in_a_step_before_the_first_wrong_one(trained):
     prm = load_prm(str(trained[0].out), device="cpu")
-    record = {"id": "r", "prompt": "Ava has 3 coins.", "completions": ["3 + 1 = 4.", "4 - 9 = 2.", "It is 4."],
-              "labels": [True, False, True]}  # fmt: skip
-    first, second, third = prm.formatter.encode(
-        ScoringInput(record["prompt"], record["completions"])
-    ).separator_positions
+    record = {"id": "r", "prompt": "Ava has 3 coins.", "completions": ["3 + 12 = 15 coins.", "15 x 2 = 30.",
+              "30 - 9 = 2.", "It is 2."], "labels": [True, True, False, False]}  # fmt: skip
+    separators = prm.formatter.encode(ScoringInput(record["prompt"], record["completions"])).separator_positions
+    first_step = len(prm.formatter.tokenizer(record["completions"][0], add_special_tokens=False)["input_ids"])
+    right_steps = [range(separators[0] - first_step, separators[0]), range(separators[0] + 1, separators[1])]
     replaced_at = set()
     for seed in range(30):
         encoded = encode_records(parse_records([record]), prm.formatter, digit_check=1.0, seed=seed)
         assert encoded.digit_check_copies == 1
         original, copy = encoded.examples
-        ids = original.input_ids
-        digits = [p for p in range(first) if original.check_labels[p] == 1]
-        assert prm.formatter.tokenizer.decode([ids[p] for p in digits]) == "314"  # the right step's, not the prompt's
-        assert set(original.check_labels) - {1} == {IGNORE_INDEX}
+        ids, decode = original.input_ids, prm.formatter.tokenizer.decode
+        assert decode(ids[right_steps[0].start : separators[0]]) == "3 + 12 = 15 coins."  # the step alone, no prompt
+        checked = [p for p, label in enumerate(original.check_labels) if label != IGNORE_INDEX]
+        assert checked == [*right_steps[0], *right_steps[1]] and set(original.check_labels) == {1, IGNORE_INDEX}
+        results_last_digits = {
+            p for step, digit in zip(right_steps, "50", strict=True) for p in step if decode(ids[p]) == digit
+        }
         [position] = [p for p, (a, b) in enumerate(zip(ids, copy.input_ids, strict=True)) if a != b]
-        assert position in digits and prm.formatter.tokenizer.decode([copy.input_ids[position]]).isdigit()
+        assert position in results_last_digits and decode(copy.input_ids[position]).isdigit()
         replaced_at.add(position)
-        assert copy.labels[first] == 0 and set(copy.labels[first + 1 :]) == {IGNORE_INDEX}  # the step is now wrong
-        assert copy.check_labels[position] == 0 and copy.check_labels[:position] == original.check_labels[:position]
+        separator = next(s for s in separators if s > position)
+        assert copy.labels[:separator] == original.labels[:separator] and copy.labels[separator] == 0  # now wrong
+        assert set(copy.labels[separator + 1 :]) == {IGNORE_INDEX}
+        assert copy.check_labels[:position] == original.check_labels[:position]
+        assert copy.check_labels[position:separator] == [0] * (separator - position)  # wrong from the digit on
         assert copy.lm_labels[: position + 1] == original.lm_labels[: position + 1]  # it still predicts the original
-        assert set(copy.check_labels[position + 1 :]) == set(copy.lm_labels[position + 1 :]) == {IGNORE_INDEX}
-    assert replaced_at == set(digits)
+        assert set(copy.check_labels[separator:]) == set(copy.lm_labels[position + 1 :]) == {IGNORE_INDEX}
+    assert len(results_last_digits) == 2 and replaced_at == results_last_digits
     assert len(encode_records(parse_records([record]), prm.formatter).examples) == 1
 
 
-def test_the_digit_check_loss_is_the_score_head_read_one_layer_down_at_the_checked_digits(trained):
+def test_the_digit_check_loss_is_the_score_head_at_every_checked_token(trained):
     result, data = trained
     prm = load_prm(str(result.out), device="cpu")
     model = Qwen2ForProcessRewardModel.from_pretrained(result.out).eval()
@@ -255,10 +261,10 @@ def test_the_digit_check_loss_is_the_score_head_read_one_layer_down_at_the_check
     pad = collate(prm.formatter.tokenizer.pad_token_id)
     with_check = pad([StepwiseDataset(examples, digit_check=True)[index] for index in range(len(examples))])
     without_check = {key: value for key, value in with_check.items() if key != "check_labels"}
-    assert (with_check["check_labels"] == 0).sum() == len(examples) - len(records)  # one replaced digit per copy
+    assert [0 in example.check_labels for example in examples] == [False, True] * len(records)  # copies only
     with torch.no_grad():
         both, separators_only = model(**with_check).loss, model(**without_check).loss
-        check_logits = torch.cat([model.digit_check_logits(torch.tensor([e.input_ids]))[0] for e in examples])
+        check_logits = torch.cat([model(torch.tensor([e.input_ids])).logits[0] for e in examples])
         targets = torch.cat([torch.tensor(e.check_labels) for e in examples])
         check_loss = cross_entropy(check_logits, targets, ignore_index=IGNORE_INDEX)
     assert both.item() - separators_only.item() == pytest.approx(check_loss.item(), rel=1e-4)

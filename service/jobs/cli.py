@@ -106,9 +106,10 @@ def train(
         typer.Option(
             min=0,
             max=1,
-            help="Share of records that also train as a copy with one digit of a step labelled right replaced "
-            "(that step labelled wrong), and the score head read one layer down is trained at every digit to "
-            "spot it: for arithmetic data whose steps' numbers all follow from the problem, like the demo's.",
+            help="Share of records that also train as a copy with the last digit of one result (a number after "
+            "an '=') in a step labelled right replaced, wrong from there; the score head is trained at every "
+            "token of the steps, not only at separators. For arithmetic data whose results all follow from the "
+            "problem, like the demo's.",
         ),
     ] = 0.0,
     group_by_length: Annotated[

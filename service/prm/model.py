@@ -15,7 +15,7 @@ from service.prm.packing import PackedBatch
 
 NUM_LABELS = 2  # Qwen2.5-Math-PRM's config has no num_labels; the head always has two logits
 IGNORE_INDEX = -100  # label of every token that is not a step separator
-AUX_LAYER = -2  # the hidden state the auxiliary losses read: the layer below the top one
+AUX_LAYER = -2  # the hidden state the next-token loss reads: the layer below the top one
 
 
 class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
@@ -53,7 +53,7 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             use_cache=False,
-            output_hidden_states=with_lm_loss or with_check,
+            output_hidden_states=with_lm_loss,
         )
         logits = self.score(outputs.last_hidden_state.float())
         loss = None
@@ -65,25 +65,25 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
             else:
                 loss = cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
                 loss = loss / num_items_in_batch
-            if with_lm_loss or with_check:
-                below_top = self.model.norm(outputs.hidden_states[AUX_LAYER])
             if with_lm_loss:
+                below_top = self.model.norm(outputs.hidden_states[AUX_LAYER])
                 loss = loss + self._next_token_loss(below_top, lm_labels, labels, num_items_in_batch)
             if with_check:
-                loss = loss + self._digit_check_loss(below_top, check_labels, labels, num_items_in_batch)
+                top = outputs.last_hidden_state
+                loss = loss + self._digit_check_loss(top, check_labels, labels, num_items_in_batch)
         return TokenClassifierOutput(loss=loss, logits=logits)
 
-    def _digit_check_loss(self, hidden, check_labels, labels, num_items_in_batch) -> torch.Tensor:
-        """The score head, read one layer down at the digits of steps labelled right: is the solution
-        still right at this digit? A replaced digit (label 0) is where it stops being right. Trains the
-        model to check each number where it is written, a layer below the top, so that the top layer only
-        has to carry a failed check to the step's separator; the head's meaning is the same as at the
-        separators, so that carrying is a copy. Averaged like the next-token loss."""
-        check_labels = check_labels.to(hidden.device)
+    def _digit_check_loss(self, top, check_labels, labels, num_items_in_batch) -> torch.Tensor:
+        """The separator label made token-level, on the score head where separators read it: is the solution
+        still right at this token? 1 throughout the steps labelled right; in a digit-check copy, 0 from the
+        replaced digit to its step's separator. So the model learns, position by position, to compare a
+        written result with the one it expects and to carry a failed comparison to the separator, which the
+        separator label alone teaches a small model too slowly. Averaged like the next-token loss."""
+        check_labels = check_labels.to(top.device)
         checked = check_labels != IGNORE_INDEX
         if not checked.any():
-            return hidden.new_zeros((), dtype=torch.float32)
-        loss = cross_entropy(self._check_logits(hidden[checked]), check_labels[checked])
+            return top.new_zeros((), dtype=torch.float32)
+        loss = cross_entropy(self.score(top[checked].float()), check_labels[checked])
         return self._share_of_separators(loss, labels, num_items_in_batch)
 
     @staticmethod
@@ -112,22 +112,11 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
     def _token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden.float() @ self.model.embed_tokens.weight.float().T
 
-    def _check_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.score(hidden.float())
-
     def next_token_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """What the auxiliary next-token loss trains the model to predict at every position of unpadded
         `input_ids`: for probing whether a trained PRM knows the arithmetic it should check."""
-        return self._token_logits(self._below_top(input_ids))
-
-    def digit_check_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """What the digit-check loss trains at every position of unpadded `input_ids`: for probing whether
-        a trained PRM spots a wrong number where it is written, and whether its separators then use it."""
-        return self._check_logits(self._below_top(input_ids))
-
-    def _below_top(self, input_ids: torch.Tensor) -> torch.Tensor:
         outputs = self.model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
-        return self.model.norm(outputs.hidden_states[AUX_LAYER])
+        return self._token_logits(self.model.norm(outputs.hidden_states[AUX_LAYER]))
 
     @torch.inference_mode()
     def step_scores(self, batch: PackedBatch) -> torch.Tensor:

@@ -4,7 +4,7 @@ Records are TRL's stepwise supervision (`prompt`, `completions`, `labels`), what
 writes. The conversation goes through the service's own `PRMFormatter`, so a model is trained on the
 very token sequences it is later served with. Only separator positions carry a label; the optional
 auxiliary targets (next tokens, digit checks) cover the conversation up to each step labelled right, and
-the digit check adds copies of records with one digit replaced.
+the digit check adds copies of records with one result's last digit replaced.
 """
 
 import random
@@ -28,7 +28,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]  # 1 / 0 at separators, IGNORE_INDEX elsewhere
     lm_labels: list[int]  # the token itself where it belongs to a step labelled right, IGNORE_INDEX elsewhere
-    check_labels: list[int]  # 1 at each digit of a step labelled right, 0 at a replaced digit, IGNORE_INDEX elsewhere
+    check_labels: list[int]  # 1 in steps labelled right, 0 from a replaced digit to its separator, else IGNORE_INDEX
 
 
 @dataclass
@@ -36,6 +36,14 @@ class Encoded:
     examples: list[Example]  # one per record that fits, then its digit-check copy if it has one
     too_long: int  # records longer than the model's maximum length, left out and reported
     digit_check_copies: int = 0
+
+
+@dataclass(frozen=True)
+class DigitVocab:
+    """The token ids a digit check reads: the ten one-digit tokens, in id order, and every token with an `=`."""
+
+    digits: tuple[int, ...]
+    equals: frozenset[int]
 
 
 @dataclass(frozen=True)
@@ -69,9 +77,9 @@ def encode_records(
     records: list[Labelled], formatter: PRMFormatter, digit_check: float = 0.0, seed: int = 0
 ) -> Encoded:
     """One example per record that fits; with `digit_check`, that share of them also gives a copy with one
-    digit of a step labelled right replaced (see `replace_digit`)."""
+    result's last digit replaced (see `replace_result_digit`)."""
     rng = random.Random(seed)
-    digits = digit_token_ids(formatter.tokenizer) if digit_check else []
+    vocab = digit_vocab(formatter.tokenizer) if digit_check else None
     examples, too_long, copies = [], 0, 0
     for record in records:
         try:
@@ -81,23 +89,24 @@ def encode_records(
             continue
         except InvalidInput as error:
             raise RecordError(f"record {record.id}: {error}") from error
-        spans = _step_spans(formatter, record, encoded, bool(digits))
-        example = _labelled(encoded.input_ids, spans, record.labels, digits)
+        spans = _step_spans(formatter, record, encoded, vocab is not None)
+        example = _labelled(encoded.input_ids, spans, record.labels, vocab is not None)
         examples.append(example)
-        if digit_check and rng.random() < digit_check:
-            corrupted = replace_digit(example, spans, record.labels, digits, rng)
+        if vocab is not None and rng.random() < digit_check:
+            corrupted = replace_result_digit(example, spans, record.labels, vocab, rng)
             if corrupted is not None:
                 examples.append(corrupted)
                 copies += 1
     return Encoded(examples, too_long, copies)
 
 
-def digit_token_ids(tokenizer) -> list[int]:
-    """Token ids that are exactly one digit: what a digit check can replace. All ten must be there."""
-    ids = [token_id for token_id in range(len(tokenizer)) if tokenizer.decode([token_id]) in DIGITS]
-    if {tokenizer.decode([token_id]) for token_id in ids} != DIGITS:
+def digit_vocab(tokenizer) -> DigitVocab:
+    """All ten digits must be tokens of their own: a digit check replaces one token by another."""
+    texts = [tokenizer.decode([token_id]) for token_id in range(len(tokenizer))]
+    digits = tuple(token_id for token_id, text in enumerate(texts) if text in DIGITS)
+    if {texts[token_id] for token_id in digits} != DIGITS:
         raise RecordError("--digit-check needs a tokenizer with one token for each digit")
-    return ids
+    return DigitVocab(digits, frozenset(token_id for token_id, text in enumerate(texts) if "=" in text))
 
 
 def _step_spans(
@@ -115,9 +124,9 @@ def _step_spans(
     return list(zip(starts, encoded.separator_positions, strict=True))
 
 
-def _labelled(input_ids: list[int], spans, labels: list[bool], digits: list[int]) -> Example:
-    """Separator labels; next-token and digit-check targets over the conversation up to each step
-    labelled right (the first step's next-token targets take in the prompt)."""
+def _labelled(input_ids: list[int], spans, labels: list[bool], check: bool) -> Example:
+    """Separator labels; next-token targets over the conversation up to each step labelled right (the first
+    step's take in the prompt), and with `check` a digit-check target of 1 on every token of those steps."""
     token_labels = [IGNORE_INDEX] * len(input_ids)
     lm_labels = [IGNORE_INDEX] * len(input_ids)
     check_labels = [IGNORE_INDEX] * len(input_ids)
@@ -126,37 +135,49 @@ def _labelled(input_ids: list[int], spans, labels: list[bool], digits: list[int]
         token_labels[separator] = int(label)
         if label:
             lm_labels[lm_start : separator + 1] = input_ids[lm_start : separator + 1]
-            for position in range(start, separator):
-                if input_ids[position] in digits:
-                    check_labels[position] = 1
+            if check:
+                check_labels[start:separator] = [1] * (separator - start)
         lm_start = separator + 1
     return Example(input_ids, token_labels, lm_labels, check_labels)
 
 
-def replace_digit(example: Example, spans, labels: list[bool], digits: list[int], rng: random.Random) -> Example | None:
-    """ELECTRA's replaced-token detection, on digits: one digit of a step before the first wrong one is
-    replaced by another, which makes that step wrong (every number of a step is either taken from the
-    problem and earlier steps or computed from them). The replaced digit's check label is 0 and its
-    next-token target stays the original digit; the step is labelled wrong, and everything else after the
-    replaced digit is left out of every loss. None when no such step has a digit."""
+def replace_result_digit(
+    example: Example, spans, labels: list[bool], vocab: DigitVocab, rng: random.Random
+) -> Example | None:
+    """ELECTRA's replaced-token detection, aimed where a wrong calculation writes: the last digit of one
+    result (a number after an `=`) in a step before the first wrong one is replaced by another digit, which
+    makes that step wrong. The copy's digit-check targets say 0 from the replaced digit to the step's
+    separator, where the step is labelled wrong; its next-token targets end at the replaced digit (which
+    they still give as the original), and nothing after the separator is in any loss. None when no step
+    before the first wrong one has a result."""
     right_prefix = spans[: labels.index(False)] if False in labels else spans
     candidates = [
         (position, separator)
         for start, separator in right_prefix
         for position in range(start, separator)
-        if example.input_ids[position] in digits
+        if _ends_a_result(example.input_ids, start, position, vocab)
     ]
     if not candidates:
         return None
     position, separator = rng.choice(candidates)
     original = example.input_ids[position]
     input_ids = list(example.input_ids)
-    input_ids[position] = rng.choice([token for token in digits if token != original])
+    input_ids[position] = rng.choice([token for token in vocab.digits if token != original])
     token_labels = example.labels[: separator + 1] + [IGNORE_INDEX] * (len(input_ids) - separator - 1)
     token_labels[separator] = 0
     lm_labels = example.lm_labels[: position + 1] + [IGNORE_INDEX] * (len(input_ids) - position - 1)
-    check_labels = example.check_labels[:position] + [0] + [IGNORE_INDEX] * (len(input_ids) - position - 1)
-    return Example(input_ids, token_labels, lm_labels, check_labels)
+    wrong_from_here = [0] * (separator - position) + [IGNORE_INDEX] * (len(input_ids) - separator)
+    return Example(input_ids, token_labels, lm_labels, example.check_labels[:position] + wrong_from_here)
+
+
+def _ends_a_result(input_ids: list[int], start: int, position: int, vocab: DigitVocab) -> bool:
+    """Whether `position` holds the last digit of a number that follows an `=` of the step starting at `start`:
+    the digit a wrong calculation changes (its errors are mostly small)."""
+    return (
+        input_ids[position] in vocab.digits
+        and input_ids[position + 1] not in vocab.digits
+        and any(token in vocab.equals for token in input_ids[start:position])
+    )
 
 
 class StepwiseDataset(torch.utils.data.Dataset):
