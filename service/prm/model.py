@@ -15,7 +15,7 @@ from service.prm.packing import PackedBatch
 
 NUM_LABELS = 2  # Qwen2.5-Math-PRM's config has no num_labels; the head always has two logits
 IGNORE_INDEX = -100  # label of every token that is not a step separator
-AUX_LAYER = -2  # the hidden state the next-token loss reads: the layer below the top one
+LM_LOSS_LAYER = -2  # the hidden state the auxiliary next-token loss reads: the layer below the top one
 
 
 class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
@@ -50,10 +50,7 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
         with_lm_loss = labels is not None and lm_labels is not None
         with_check = labels is not None and check_labels is not None
         outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            use_cache=False,
-            output_hidden_states=with_lm_loss,
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=with_lm_loss
         )
         logits = self.score(outputs.last_hidden_state.float())
         loss = None
@@ -66,7 +63,7 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
                 loss = cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
                 loss = loss / num_items_in_batch
             if with_lm_loss:
-                below_top = self.model.norm(outputs.hidden_states[AUX_LAYER])
+                below_top = self.model.norm(outputs.hidden_states[LM_LOSS_LAYER])
                 loss = loss + self._next_token_loss(below_top, lm_labels, labels, num_items_in_batch)
             if with_check:
                 top = outputs.last_hidden_state
@@ -83,6 +80,7 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
         checked = check_labels != IGNORE_INDEX
         if not checked.any():
             return top.new_zeros((), dtype=torch.float32)
+        # The head on the checked rows, not `logits` indexed: the same bits as the runs the README reports.
         loss = cross_entropy(self.score(top[checked].float()), check_labels[checked])
         return self._share_of_separators(loss, labels, num_items_in_batch)
 
@@ -116,7 +114,7 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
         """What the auxiliary next-token loss trains the model to predict at every position of unpadded
         `input_ids`: for probing whether a trained PRM knows the arithmetic it should check."""
         outputs = self.model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
-        return self._token_logits(self.model.norm(outputs.hidden_states[AUX_LAYER]))
+        return self._token_logits(self.model.norm(outputs.hidden_states[LM_LOSS_LAYER]))
 
     @torch.inference_mode()
     def step_scores(self, batch: PackedBatch) -> torch.Tensor:
