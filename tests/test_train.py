@@ -6,17 +6,18 @@ import httpx
 import pytest
 import torch
 from safetensors.torch import load_file
+from tokenizers import Tokenizer, models, pre_tokenizers
 from torch.nn.functional import cross_entropy
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from service.jobs.synth import synthesize
 from service.jobs.train.backbone import ScratchShape
-from service.jobs.train.data import StepwiseDataset, collate, encode_records, parse_records
+from service.jobs.train.data import RecordError, StepwiseDataset, collate, encode_records, parse_records
 from service.jobs.train.run import TrainOptions, build_trainer, train_and_evaluate
-from service.prm.formatting import ScoringInput
+from service.prm.formatting import STEP_SEPARATOR, PRMFormatter, ScoringInput
 from service.prm.loading import load_prm
 from service.prm.model import IGNORE_INDEX, Qwen2ForProcessRewardModel
-from service.prm.random_checkpoint import SMOKE_TEST_CORPUS, build_random_causal_lm
+from service.prm.random_checkpoint import CHAT_TEMPLATE, SMOKE_TEST_CORPUS, build_random_causal_lm
 from service.prm.scorer import PackedScorer
 from tests.conftest import Server
 from tests.test_cli import run_prm
@@ -98,6 +99,17 @@ def test_a_causal_lm_keeps_its_backbone_and_gets_a_prm_head(tmp_path, trained):
     assert separator >= len(AutoTokenizer.from_pretrained(base)) and separator < after[name].shape[0]
     encoded = prm.formatter.encode(ScoringInput(problem="p", steps=["a", "b"]))
     assert len(PackedScorer(prm).score([encoded]).scores[0]) == 2
+
+
+def test_continuing_a_prm_keeps_its_manifest_in_the_new_one(tmp_path, trained):
+    result, data = trained
+    options = TrainOptions(base=str(result.out), data=[str(data["train"])], out=tmp_path / "prm", lr=1e-4,
+                           batch_size=8, max_steps=2, digit_check=0.5)  # fmt: skip
+    train_and_evaluate(options, [])
+    manifest = json.loads((options.out / "prm.json").read_text())
+    assert manifest["base"] == str(result.out) and manifest["hyperparameters"]["digit_check"] == 0.5
+    assert manifest["base_manifest"] == json.loads((result.out / "prm.json").read_text())
+    assert manifest["base_manifest"]["base"] == "scratch" and "base_manifest" not in manifest["base_manifest"]
 
 
 def test_a_bad_record_stops_training_with_one_line_naming_it(tmp_path):
@@ -268,3 +280,36 @@ def test_the_digit_check_loss_is_the_score_head_at_every_checked_token(trained):
         targets = torch.cat([torch.tensor(e.check_labels) for e in examples])
         check_loss = cross_entropy(check_logits, targets, ignore_index=IGNORE_INDEX)
     assert both.item() - separators_only.item() == pytest.approx(check_loss.item(), rel=1e-4)
+
+
+def word_level_formatter(words: list[str], pre_tokenizer) -> PRMFormatter:
+    """A ChatML formatter over a word-level tokenizer: the shapes of tokenizer a digit check cannot read."""
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", STEP_SEPARATOR]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", *specials, *words])}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizer
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", STEP_SEPARATOR], chat_template=CHAT_TEMPLATE,
+    )  # fmt: skip
+    return PRMFormatter(tokenizer, max_length=512)
+
+
+RIGHT_SUM = {"id": "s1", "prompt": "Add 3 and 12 .", "completions": ["3 + 12 = 15"], "labels": [True]}
+
+
+def test_the_digit_check_refuses_a_tokenizer_without_one_token_per_digit():
+    formatter = word_level_formatter(["3", "12", "15", "+", "="], pre_tokenizers.WhitespaceSplit())
+    records = parse_records([RIGHT_SUM])
+    assert len(encode_records(records, formatter).examples) == 1  # without the check it trains
+    with pytest.raises(RecordError, match=r"^--digit-check needs a tokenizer with one token for each digit$"):
+        encode_records(records, formatter, digit_check=0.5)
+
+
+def test_the_digit_check_refuses_a_first_step_that_tokenises_differently_after_the_prompt():
+    # "\n" joins the word after it, so the first step's first word reads differently after "assistant\n".
+    glue_newlines = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(" ", "removed"), pre_tokenizers.Split("\n", "merged_with_next")]
+    )
+    formatter = word_level_formatter([*"0123456789", "12", "15", "+", "="], glue_newlines)
+    with pytest.raises(RecordError, match=r"^record s1: its first step tokenises differently alone and after"):
+        encode_records(parse_records([RIGHT_SUM]), formatter, digit_check=0.5)

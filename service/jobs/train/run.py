@@ -179,9 +179,17 @@ def write_manifest(options: TrainOptions, result: TrainResult, metrics: dict | N
         "metrics": metrics or {},
         "prm_service_version": __version__,
     }
+    if (base_manifest := _base_manifest(options.base)) is not None:
+        manifest["base_manifest"] = base_manifest
     path = options.out / MANIFEST
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
+
+
+def _base_manifest(base: str) -> dict | None:
+    """The prm.json of the PRM this run continued: a build in stages (like the demo's) explains every stage."""
+    path = Path(base) / MANIFEST
+    return json.loads(path.read_text()) if base != SCRATCH and path.is_file() else None
 
 
 def _describe_data(source: str) -> dict:
