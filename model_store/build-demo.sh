@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the bundled demo PRM (model_store/demo-arith): synthetic data, a tiny Qwen2 PRM trained from
 # scratch on CPU, its held-out ProcessBench-style evaluation, and publishing as the store's default.
-#   bash model_store/build-demo.sh [WORK_DIR]        # about 26 minutes on 2 CPU cores
+#   bash model_store/build-demo.sh [WORK_DIR]        # about 25 minutes on 2 CPU cores
 set -euo pipefail
 work=${1:-/tmp/prm-demo}
 store=$(dirname "$0")

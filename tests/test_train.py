@@ -1,6 +1,7 @@
 """`prm train`: a tiny model learns, and its checkpoint scores the same in training code, in process and over HTTP."""
 
 import json
+import shutil
 
 import httpx
 import pytest
@@ -110,6 +111,19 @@ def test_continuing_a_prm_keeps_its_manifest_in_the_new_one(tmp_path, trained):
     assert manifest["base"] == str(result.out) and manifest["hyperparameters"]["digit_check"] == 0.5
     assert manifest["base_manifest"] == json.loads((result.out / "prm.json").read_text())
     assert manifest["base_manifest"]["base"] == "scratch" and "base_manifest" not in manifest["base_manifest"]
+
+
+def test_a_base_with_a_broken_manifest_is_refused_before_training(tmp_path, trained):
+    result, data = trained
+    base = tmp_path / "base"
+    shutil.copytree(result.out, base, ignore=shutil.ignore_patterns("checkpoints"))
+    (base / "prm.json").write_text("{not json")
+    out = tmp_path / "out"
+    refused = run_prm("train", "--base", str(base), "--data", str(data["train"]), "--out", str(out))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith(f"error: {base / 'prm.json'}: not valid JSON (")
+    assert refused.stderr.rstrip().endswith("fix or remove it to continue this PRM")
+    assert not out.exists()  # nothing trained
 
 
 def test_a_bad_record_stops_training_with_one_line_naming_it(tmp_path):

@@ -120,6 +120,7 @@ def build_trainer(options: TrainOptions) -> tuple[Trainer, Encoded, PreTrainedTo
 
 def train_and_evaluate(options: TrainOptions, processbench_files: list[str]) -> TrainResult:
     """Train, then evaluate the saved checkpoint on ProcessBench files and write prm.json with the report."""
+    base_manifest = read_base_manifest(options.base)  # before training: a bad one must not cost a run
     result = train(options)
     if not result.main_process:
         return result
@@ -129,7 +130,7 @@ def train_and_evaluate(options: TrainOptions, processbench_files: list[str]) -> 
 
         report = run_processbench(EvalModel(str(options.out)), processbench_files, options.out / "processbench.json")
         metrics["processbench"] = {key: report[key] for key in ("threshold", "subsets", "avg_f1")}
-    write_manifest(options, result, metrics)
+    write_manifest(options, result, metrics, base_manifest)
     return result
 
 
@@ -159,7 +160,9 @@ def _training_arguments(options: TrainOptions, checkpoints: Path) -> TrainingArg
     )
 
 
-def write_manifest(options: TrainOptions, result: TrainResult, metrics: dict | None = None) -> Path:
+def write_manifest(
+    options: TrainOptions, result: TrainResult, metrics: dict | None = None, base_manifest: dict | None = None
+) -> Path:
     """prm.json: what the checkpoint was made from and how, so a published version explains itself."""
     hyperparameters = asdict(options)
     for key in ("base", "data", "out"):
@@ -179,17 +182,26 @@ def write_manifest(options: TrainOptions, result: TrainResult, metrics: dict | N
         "metrics": metrics or {},
         "prm_service_version": __version__,
     }
-    if (base_manifest := _base_manifest(options.base)) is not None:
+    if base_manifest is not None:
         manifest["base_manifest"] = base_manifest
     path = options.out / MANIFEST
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
 
 
-def _base_manifest(base: str) -> dict | None:
-    """The prm.json of the PRM this run continued: a build in stages (like the demo's) explains every stage."""
+def read_base_manifest(base: str) -> dict | None:
+    """The prm.json of the PRM a run continues, kept in the new one: a build in stages (like the demo's)
+    explains every stage. None when the base has none."""
     path = Path(base) / MANIFEST
-    return json.loads(path.read_text()) if base != SCRATCH and path.is_file() else None
+    if base == SCRATCH or not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: not valid JSON ({error}); fix or remove it to continue this PRM") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path}: not a JSON object; fix or remove it to continue this PRM")
+    return manifest
 
 
 def _describe_data(source: str) -> dict:
