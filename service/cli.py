@@ -1,31 +1,39 @@
 """The `prm` command."""
 
-import logging
 import re
 import signal
 from typing import Annotated
 
 import typer
 
-from service.config import ServeConfig
+from service import __version__
+from service.config import Dtype, LogFormat, LogLevel, ServeConfig
 from service.jobs.cli import eval_app, publish, synth, train
 from service.jobs.data.cli import annotate_app, filter_app, generate
-from service.store import ModelStore
+from service.logs import configure_logging
+from service.store import StoreError, open_store, resolve_model
 
+# Plain click help: rich's tables cut option and variable names at 80 columns.
 app = typer.Typer(
     help="Process reward models: serve step scores over HTTP, and the jobs that build them.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
 )
 
-NO_MODEL = (
-    "No --model given and the store {store} has no default model: pass --model with a checkpoint directory, "
-    "a Hub id (e.g. --model Qwen/Qwen2.5-Math-PRM-7B) or a store name, set PRM_MODEL, or point --store elsewhere."
-)
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"prm-service {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def main() -> None:
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """Process reward models: serve step scores over HTTP, and the jobs that build them."""
 
 
@@ -41,7 +49,13 @@ def serve(
         ),
     ] = None,
     store: Annotated[
-        str, typer.Option(envvar="PRM_STORE", help="The model store directory (see `prm publish`).")
+        str | None,
+        typer.Option(
+            envvar="PRM_STORE",
+            help="The model store directory, see `prm publish` (default: ./model_store if it exists, else the "
+            "store bundled with the package, which holds the demo PRM).",
+            show_default=False,
+        ),
     ] = ServeConfig.store,
     watch: Annotated[
         float,
@@ -56,9 +70,13 @@ def serve(
     port: Annotated[int, typer.Option(envvar="PRM_PORT", help="Port to listen on.")] = 8000,
     device: Annotated[str, typer.Option(envvar="PRM_DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[
-        str,
-        typer.Option(envvar="PRM_DTYPE", help="auto (checkpoint's on GPU, float32 on CPU), float32 or bfloat16."),
-    ] = "auto",
+        Dtype,
+        typer.Option(
+            envvar="PRM_DTYPE",
+            help="auto (the checkpoint's dtype on GPU, float32 on CPU), float32, bfloat16 or float16; the head "
+            "always runs in float32.",
+        ),
+    ] = ServeConfig.dtype,
     max_batch_tokens: Annotated[
         int | None,
         typer.Option(
@@ -137,19 +155,26 @@ def serve(
         float,
         typer.Option(envvar="PRM_DRAIN_TIMEOUT", min=0, help="Seconds to finish admitted requests after SIGTERM."),
     ] = ServeConfig.drain_timeout,
-    log_level: Annotated[str, typer.Option(envvar="PRM_LOG_LEVEL", help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[LogLevel, typer.Option(envvar="PRM_LOG_LEVEL", help="Log level.")] = "info",
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            envvar="PRM_LOG_FORMAT",
+            help="text, or json: one JSON object per line, access-log fields as keys.",
+        ),
+    ] = "text",
 ) -> None:
     """Serve /score_steps, /rerank, /health, /ready, /metrics and /v1/models over HTTP."""
-    if not model and ModelStore(store).default_name() is None:
-        typer.echo(NO_MODEL.format(store=store), err=True)
-        raise typer.Exit(2)
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise typer.BadParameter(f"{dtype!r} is not one of auto, float32, bfloat16, float16", param_hint="--dtype")
+    try:  # a missing store, a typo in --model or a store without a default: one line, before anything starts
+        resolve_model(model or None, open_store(store))
+    except StoreError as error:
+        typer.echo(f"prm serve: {error}", err=True)
+        raise typer.Exit(2) from None
     import uvicorn
 
     from service.api.app import create_app
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, log_format)
     config = ServeConfig(
         model=model or None,
         store=store,
@@ -179,7 +204,8 @@ def serve(
             host=host,
             port=port,
             log_level=log_level,
-            access_log=False,
+            log_config=None,  # uvicorn's own lines go through configure_logging's handler, in its format
+            access_log=False,  # service.api.middleware.RequestLog writes the access log, with request ids
             timeout_graceful_shutdown=drain_timeout,
         )
     )

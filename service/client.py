@@ -1,7 +1,13 @@
-"""Python clients for prm-service, sync and async, on httpx.
+"""Python clients for prm-service, sync and async, on httpx, that ride out restarts and overload.
 
-Both retry 429 and 503 answers (overload, loading, draining), waiting what the
-server's `Retry-After` asks, up to `max_retries` times; other errors raise `PRMError`.
+Scoring is idempotent, so a call is retried whenever its answer may come on a later try: a refused,
+reset or timed-out connection, a broken response, and 408, 429, 502, 503 and 504. Each wait honours
+the server's `Retry-After`, else backs off exponentially with full jitter (capped at `max_backoff`),
+until the call's `retry_timeout` has passed; then `PRMError` names the last cause. Any other 4xx
+raises at once with the server's error type and message. Each retry is logged at WARNING.
+
+Several servers (a list, or one comma-separated string as OpenRLHF's flag takes) share the calls in
+turn; one that fails is skipped until its backoff has passed, so the others take its load.
 
     from service.client import PRMClient
     with PRMClient("http://127.0.0.1:8000", api_key="...") as prm:  # api_key only if the server has keys
@@ -9,21 +15,28 @@ server's `Retry-After` asks, up to `max_retries` times; other errors raise `PRME
 """
 
 import asyncio
+import logging
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
-RETRY_STATUSES = (429, 503)
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
+# Transport failures after which the same request may succeed: not a bad URL or an unsupported scheme.
+RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 Candidate = Sequence[str] | str
 
 
 class PRMError(RuntimeError):
-    """The service answered with an error; `status` and `type` come from its JSON body."""
+    """A call failed: `status` and `type` come from the server's JSON body, or are None and
+    "unreachable" when no answer came before the retry deadline (the cause is `__cause__`)."""
 
-    def __init__(self, status: int, kind: str, message: str):
-        super().__init__(f"{status} {kind}: {message}")
+    def __init__(self, status: int | None, kind: str, message: str):
+        super().__init__(f"{status or 'no answer'} {kind}: {message}")
         self.status = status
         self.type = kind
 
@@ -38,7 +51,7 @@ def _item(problem: str, steps: Sequence[str], system: str | None) -> dict[str, A
 def _rerank_body(problem, candidates, aggregation, top_n, return_step_scores, system) -> dict[str, Any]:
     body: dict[str, Any] = {
         "problem": problem,
-        "candidates": [c if isinstance(c, str) else {"steps": list(c)} for c in candidates],
+        "candidates": [c if isinstance(c, str) else list(c) for c in candidates],
         "aggregation": aggregation,
         "return_step_scores": return_step_scores,
     }
@@ -47,13 +60,6 @@ def _rerank_body(problem, candidates, aggregation, top_n, return_step_scores, sy
     if system is not None:
         body["system"] = system
     return body
-
-
-def _retry_delay(response: httpx.Response, attempt: int, backoff: float) -> float:
-    try:
-        return max(0.0, float(response.headers["Retry-After"]))
-    except (KeyError, ValueError):
-        return backoff * 2**attempt
 
 
 def _result(response: httpx.Response) -> dict[str, Any]:
@@ -66,28 +72,128 @@ def _result(response: httpx.Response) -> dict[str, Any]:
         raise PRMError(response.status_code, "http_error", response.text) from None
 
 
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers["Retry-After"]))
+    except (KeyError, ValueError):
+        return None
+
+
+class _Servers:
+    """The base URLs, taken in turn; one that failed is skipped until its backoff has passed."""
+
+    def __init__(self, base_urls: str | Sequence[str], backoff: float, max_backoff: float):
+        urls = base_urls.split(",") if isinstance(base_urls, str) else list(base_urls)
+        self.urls = [url.strip().rstrip("/") for url in urls if url.strip()]
+        if not self.urls:
+            raise ValueError("base_url names no server")
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._next = 0
+        self._failures = dict.fromkeys(self.urls, 0)
+        self._down_until = dict.fromkeys(self.urls, 0.0)
+
+    def pick(self) -> tuple[str, float]:
+        """The next server that is up, else the one back first, with the seconds until it is."""
+        now = time.monotonic()
+        for offset in range(len(self.urls)):
+            url = self.urls[(self._next + offset) % len(self.urls)]
+            if self._down_until[url] <= now:
+                self._next = (self._next + offset + 1) % len(self.urls)
+                return url, 0.0
+        url = min(self.urls, key=self._down_until.get)
+        return url, self._down_until[url] - now
+
+    def failed(self, url: str, retry_after: float | None) -> float:
+        """Mark `url` down for Retry-After, else for a jittered exponential backoff; return that wait."""
+        self._failures[url] += 1
+        ceiling = min(self.max_backoff, self.backoff * 2 ** (self._failures[url] - 1))
+        wait = retry_after if retry_after is not None else random.uniform(0, ceiling)
+        self._down_until[url] = time.monotonic() + wait
+        return wait
+
+    def succeeded(self, url: str) -> None:
+        self._failures[url] = 0
+        self._down_until[url] = 0.0
+
+
+class _Attempts:
+    """One call's retry state: which server next, how long to wait, and when to give up."""
+
+    def __init__(self, servers: _Servers, path: str, retry_timeout: float, max_retries: int | None):
+        self.servers = servers
+        self.path = path
+        self.deadline = time.monotonic() + retry_timeout
+        self.max_retries = max_retries
+        self.retries = 0
+
+    def next(self) -> tuple[str, float]:
+        """(server to post to, seconds to sleep first): never past the deadline."""
+        server, wait = self.servers.pick()
+        return server, min(wait, max(0.0, self.deadline - time.monotonic()))
+
+    def answered(self, server: str, response: httpx.Response) -> bool:
+        """True when this answer is final (a success, or an error that no retry can change)."""
+        if response.status_code not in RETRY_STATUSES:
+            self.servers.succeeded(server)
+            return True
+        if self._give_up():
+            return True
+        self.servers.failed(server, _retry_after(response))
+        self._log(server, f"{response.status_code} {response.reason_phrase}")
+        return False
+
+    def failed(self, server: str, error: Exception) -> None:
+        """A transport error: raise if it is not worth retrying or the time is up, else schedule a retry."""
+        cause = f"{type(error).__name__}: {error}"
+        where = f"POST {server}{self.path}"
+        if not isinstance(error, RETRY_ERRORS):
+            raise PRMError(None, "unreachable", f"{where} failed: {cause}") from error
+        if self._give_up():
+            tries = self.retries + 1
+            raise PRMError(None, "unreachable", f"{where} gave up after {tries} attempts: {cause}") from error
+        self.servers.failed(server, None)
+        self._log(server, cause)
+
+    def _give_up(self) -> bool:
+        out_of_time = time.monotonic() >= self.deadline
+        return out_of_time or (self.max_retries is not None and self.retries >= self.max_retries)
+
+    def _log(self, server: str, cause: str) -> None:
+        self.retries += 1
+        log.warning("POST %s%s: %s; retry %d", server, self.path, cause, self.retries)
+
+
 class _Calls:
     """Request bodies, result shapes and settings shared by both clients; `_post` does the I/O.
 
-    `base_url`, `api_key` (sent as a Bearer token), `timeout` and extra httpx arguments configure
-    the underlying httpx client; `max_retries` and `backoff` the retries of 429/503.
+    `base_url` is one URL, several separated by commas, or a list. `api_key` is sent as a Bearer token;
+    `timeout` bounds each attempt, `retry_timeout` each call with its retries (`max_retries`, if set,
+    also bounds their count); `backoff` and `max_backoff` shape the waits. Extra keyword arguments go
+    to the httpx client (e.g. `headers={"X-Request-Timeout": "5"}` for a server-side deadline).
     """
 
     http_class: type
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         api_key: str | None = None,
         timeout: float = 60.0,
-        max_retries: int = 5,
+        retry_timeout: float = 120.0,
+        max_retries: int | None = None,
         backoff: float = 0.25,
+        max_backoff: float = 5.0,
         **httpx_args,
     ):
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = self.http_class(base_url=base_url, timeout=timeout, headers=headers, **httpx_args)
+        headers = {**httpx_args.pop("headers", {}), **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+        self._http = self.http_class(timeout=timeout, headers=headers, **httpx_args)
+        self._servers = _Servers(base_url, backoff, max_backoff)
+        self.retry_timeout = retry_timeout
         self.max_retries = max_retries
-        self.backoff = backoff
+
+    def _attempts(self, path: str) -> _Attempts:
+        return _Attempts(self._servers, path, self.retry_timeout, self.max_retries)
 
     def score_steps(self, problem: str, steps: Sequence[str], system: str | None = None):
         """Step scores of one solution."""
@@ -117,13 +223,17 @@ class PRMClient(_Calls):
     http_class = httpx.Client
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        attempt = 0
+        attempts = self._attempts(path)
         while True:
-            response = self._http.post(path, json=body)
-            if response.status_code not in RETRY_STATUSES or attempt == self.max_retries:
+            server, wait = attempts.next()
+            time.sleep(wait)
+            try:
+                response = self._http.post(server + path, json=body)
+            except httpx.HTTPError as error:
+                attempts.failed(server, error)
+                continue
+            if attempts.answered(server, response):
                 return _result(response)
-            time.sleep(_retry_delay(response, attempt, self.backoff))
-            attempt += 1
 
     @staticmethod
     def _then(result, pick):
@@ -143,13 +253,17 @@ class AsyncPRMClient(_Calls):
     http_class = httpx.AsyncClient
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        attempt = 0
+        attempts = self._attempts(path)
         while True:
-            response = await self._http.post(path, json=body)
-            if response.status_code not in RETRY_STATUSES or attempt == self.max_retries:
+            server, wait = attempts.next()
+            await asyncio.sleep(wait)
+            try:
+                response = await self._http.post(server + path, json=body)
+            except httpx.HTTPError as error:
+                attempts.failed(server, error)
+                continue
+            if attempts.answered(server, response):
                 return _result(response)
-            await asyncio.sleep(_retry_delay(response, attempt, self.backoff))
-            attempt += 1
 
     @staticmethod
     async def _then(result, pick):

@@ -1,15 +1,20 @@
 """Serving options, shared by the CLI (flags and PRM_* variables) and the app factory."""
 
 from dataclasses import dataclass
+from typing import Literal
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # auto: the checkpoint's dtype on GPU, float32 on CPU
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     model: str | None = None  # a directory, a Hub id or a store NAME[@VERSION]; None: the store's default
-    store: str = "model_store"  # the model store directory (service.store)
+    store: str | None = None  # the model store directory; None: ./model_store, else the bundled one (open_store)
     watch: float = 0.0  # seconds between looks for a newer store version to swap in; 0: only on /admin/reload
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: Dtype = "auto"
     max_batch_tokens: int | None = None  # None: by device, see runtime.DEFAULT_BATCH_TOKENS
     max_wait_ms: float = 0.0
     max_queue_tokens: int = 262144

@@ -1,6 +1,15 @@
 """Prometheus metrics, one registry per app so several apps can live in one process (tests)."""
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 disable_created_metrics()  # *_created series only add noise to every scrape
 
@@ -14,6 +23,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # The standard process_*, python_gc_* and python_info series (memory, CPU seconds, open fds).
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.requests = Counter(
             "prm_requests", "HTTP requests by endpoint and outcome", ["endpoint", "outcome"], registry=r
         )

@@ -17,7 +17,7 @@ from service.metrics import Metrics
 from service.prm.formatting import EncodedItem, ScoringInput
 from service.prm.loading import FAMILY, LoadedPRM, load_prm
 from service.prm.scorer import PackedScorer
-from service.store import ModelStore, resolve_model
+from service.store import open_store, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class Runtime:
         return old.prm.version, self._current().prm.version
 
     def _resolve(self) -> tuple[str, str | None]:
-        return resolve_model(self.config.model, ModelStore(self.config.store))
+        return resolve_model(self.config.model, open_store(self.config.store))
 
     def _load(self) -> Serving:
         source, name = self._resolve()

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,24 +52,27 @@ def free_port() -> int:
 class Server:
     """`prm serve` in a real subprocess on loopback."""
 
-    def __init__(self, *args: str, env: dict | None = None, cwd: Path | None = None):
+    def __init__(self, *args: str, env: dict | None = None, cwd: Path | None = None, prm: list[str] | None = None):
+        """`prm`: the command that runs `prm` (default: this interpreter's `python -m service`)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "service", "serve", "--port", str(self.port), *args]
+        command = [*(prm or [sys.executable, "-m", "service"]), "serve", "--port", str(self.port), *args]
+        # A file, not a pipe: under load the access log would fill a pipe nobody reads and stall the server.
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed with the Server object)
         self.process = subprocess.Popen(
-            command,
-            cwd=cwd,
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT, text=True
         )
+
+    def output(self) -> str:
+        """Everything the server has printed so far."""
+        self.log.seek(0)
+        return self.log.read()
 
     def wait_ready(self, timeout: float = 60) -> "Server":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}: {self.process.stdout.read()}")
+                raise RuntimeError(f"server exited with {self.process.returncode}: {self.output()}")
             try:
                 if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
                     return self

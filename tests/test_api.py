@@ -125,7 +125,7 @@ def test_bad_input_gets_a_4xx_naming_the_field(server, path, body, status, field
     response = post(server, path, body)
     assert response.status_code == status, response.text
     error = response.json()
-    assert set(error) == {"error", "type"}
+    assert set(error) == {"error", "type", "request_id"}
     assert field in error["error"]
 
 
@@ -137,7 +137,7 @@ def test_malformed_json_and_unknown_routes(server):
     assert response.json()["type"] == "invalid_request"
     missing = httpx.get(f"{server.url}/nope")
     assert missing.status_code == 404
-    assert missing.json() == {"error": "Not Found", "type": "not_found"}
+    assert missing.json() == {"error": "Not Found", "type": "not_found", "request_id": missing.headers["X-Request-ID"]}
 
 
 def test_health_ready_models_docs(server):

@@ -92,7 +92,7 @@ def test_sigterm_drains_admitted_requests_and_exits_zero(checkpoint, processbenc
     server.process.send_signal(signal.SIGTERM)
     code = server.process.wait(timeout=30)
     outcomes = load.stop()
-    assert code == 0, server.process.stdout.read()
+    assert code == 0, server.output()
     answered = [(item, r) for item, r in outcomes if isinstance(r, httpx.Response)]
     assert len(answered) > 8
     for _, response in answered:  # everything admitted was answered, and answered correctly
@@ -157,6 +157,6 @@ def test_a_version_that_does_not_load_leaves_the_old_one_serving(tmp_path, check
         scored = httpx.post(f"{server.url}/score_steps", json={"problem": "1+1?", "steps": ["2"]}, timeout=30)
     finally:
         server.stop()
-    log = server.process.stdout.read()
+    log = server.output()
     assert ready["model_version"] == "v1" and scored.status_code == 200, log
     assert log.count("a new version is in the store: reloading") == 1  # tried once, not every 0.2 s

@@ -1,6 +1,4 @@
-"""Every failure becomes JSON `{"error", "type"}` with the right status, and is counted."""
-
-import logging
+"""Every failure becomes JSON `{"error", "type", "request_id"}` with the right status, and is counted."""
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -8,13 +6,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.api.auth import Forbidden, Unauthorized
+from service.api.middleware import error_body
 from service.engine import DeadlineExceeded, EngineStopped, Overloaded
 from service.metrics import Metrics
 from service.prm.checkpoint import CheckpointError
 from service.prm.errors import DeviceOutOfMemory, InputTooLong, InvalidInput
 from service.runtime import NotReady, ReloadInProgress
-
-log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "1"
 
@@ -30,19 +27,33 @@ class ClientDisconnected(Exception):
 def error_response(
     request: Request, status: int, kind: str, message: str, retry: bool = False, headers: dict | None = None
 ) -> JSONResponse:
-    request.state.error_type = kind
     headers = {**(headers or {}), **({"Retry-After": RETRY_AFTER_SECONDS} if retry else {})}
-    return JSONResponse({"error": message, "type": kind}, status_code=status, headers=headers or None)
+    return JSONResponse(error_body(request.scope, kind, message), status_code=status, headers=headers or None)
 
 
 def _describe_validation(error: RequestValidationError) -> str:
     parts = []
     for detail in error.errors():
+        if detail["type"] == "json_invalid":  # loc is ("body", offset): say so in words
+            reason = detail.get("ctx", {}).get("error", "")
+            parts.append(f"body: invalid JSON at character {detail['loc'][-1]}" + (f" ({reason})" if reason else ""))
+            continue
         field = ""
         for part in detail["loc"][1:] if detail["loc"][:1] == ("body",) else detail["loc"]:
             field += f"[{part}]" if isinstance(part, int) else f".{part}" if field else str(part)
         parts.append(f"{field or 'body'}: {detail['msg']}")
     return "; ".join(parts)
+
+
+def _not_json(request: Request) -> str | None:
+    """Why the body was not read as JSON, if its content-type is the cause."""
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return "the request has no content-type header: send content-type: application/json"
+    media = content_type.split(";")[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return None
+    return f"content-type is {content_type!r}; the body must be JSON, sent as content-type: application/json"
 
 
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
@@ -54,6 +65,9 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return handle
 
     async def validation(request: Request, error: RequestValidationError) -> JSONResponse:
+        if request.method == "POST" and (reason := _not_json(request)):
+            metrics.failures.labels(reason="unsupported_media_type").inc()
+            return error_response(request, 415, "unsupported_media_type", reason)
         metrics.failures.labels(reason="invalid_request").inc()
         return error_response(request, 422, "invalid_request", _describe_validation(error))
 
@@ -63,11 +77,6 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
             return error_response(request, 400, "invalid_request", f"body: {error.detail}")
         kind = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return error_response(request, error.status_code, kind, str(error.detail))
-
-    async def bug(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s", request.url.path)
-        metrics.failures.labels(reason="internal_error").inc()
-        return error_response(request, 500, "internal_error", f"internal error: {type(error).__name__}")
 
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(HTTPException, http_error)
@@ -85,4 +94,4 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     app.add_exception_handler(DeviceOutOfMemory, handler(507, "device_out_of_memory"))
     # nginx's "client closed request": nobody reads it, but logs and metrics show what happened
     app.add_exception_handler(ClientDisconnected, handler(499, "client_disconnected"))
-    app.add_exception_handler(Exception, bug)
+    # Anything else is a bug: service.api.middleware.InternalErrors answers it with a 500.

@@ -24,10 +24,10 @@ from service.api.schemas import (
 from service.engine import Overloaded
 from service.prm.aggregation import aggregate, rank
 from service.prm.errors import InvalidInput
-from service.prm.formatting import ScoringInput, split_steps, validate_context
+from service.prm.formatting import ScoringInput, validate_context
 from service.runtime import Runtime, Scored
 
-ERRORS = {status: {"model": ErrorBody} for status in (401, 413, 422, 429, 500, 503, 504, 507)}
+ERRORS = {status: {"model": ErrorBody} for status in (401, 413, 415, 422, 429, 500, 503, 504, 507)}
 TIMEOUT_HEADER = "X-Request-Timeout"
 DISCONNECT_POLL_SECONDS = 0.1
 
@@ -95,7 +95,9 @@ async def _score(request: Request, items: list[tuple[str, ScoringInput]]) -> Sco
     finally:
         watching.cancel()
     if scoring.done():
-        return scoring.result()
+        scored = scoring.result()
+        request.state.tokens = scored.tokens  # for the access log
+        return scored
     scoring.cancel()
     raise ClientDisconnected("the client disconnected before its scores were ready")
 
@@ -146,11 +148,8 @@ async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
     _check_problem(runtime, "problem", body.problem)
     items = []
     for index, candidate in enumerate(body.candidates):
-        steps = split_steps(candidate) if isinstance(candidate, str) else candidate.steps
-        if isinstance(candidate, str) and not steps:
-            raise InvalidInput(f"candidates[{index}]", "has no text between blank lines to score")
-        _check_steps(runtime, f"candidates[{index}].steps", steps)
-        items.append((f"candidates[{index}]", ScoringInput(body.problem, steps, body.system)))
+        _check_steps(runtime, f"candidates[{index}].steps", candidate.steps)
+        items.append((f"candidates[{index}]", ScoringInput(body.problem, candidate.steps, body.system)))
     scored = await _score(request, items)
     solution_scores = [aggregate(scores, body.aggregation) for scores in scored.step_scores]
     order = rank(solution_scores)[: body.top_n]

@@ -1,10 +1,12 @@
 """Request and response bodies of the HTTP contract (../shared/DESIGN.md)."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from service.prm.aggregation import Aggregation
+from service.prm.formatting import split_steps
 
 
 class _Strict(BaseModel):
@@ -76,10 +78,30 @@ class CandidateSteps(_Strict):
     steps: list[str] = Field(min_length=1)
 
 
+def _as_candidate_steps(candidate: Any) -> Any:
+    """The three ways to send a candidate, as one shape: a list of steps, `{"steps": [...]}`, or raw text."""
+    if isinstance(candidate, str):
+        steps = split_steps(candidate)
+        if not steps:
+            raise PydanticCustomError("empty_candidate", "has no text between blank lines to score")
+        return {"steps": steps}
+    if isinstance(candidate, list):
+        return {"steps": candidate}
+    if isinstance(candidate, dict):
+        return candidate
+    raise PydanticCustomError("candidate_type", 'must be a list of steps, {"steps": [...]} or raw text')
+
+
+Candidate = Annotated[
+    CandidateSteps,
+    BeforeValidator(_as_candidate_steps, json_schema_input_type=list[str] | CandidateSteps | str),
+]
+
+
 class RerankRequest(_Strict):
     problem: str
-    candidates: list[CandidateSteps | str] = Field(
-        min_length=1, description="Step lists, or raw text split into steps on blank lines."
+    candidates: list[Candidate] = Field(
+        min_length=1, description="Step lists, {steps: [...]} objects, or raw text split into steps on blank lines."
     )
     aggregation: Aggregation = "product"
     top_n: Annotated[int, Field(ge=1)] | None = None
@@ -116,3 +138,4 @@ class ModelList(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     type: str
+    request_id: str | None = Field(None, description="The X-Request-ID of the request: quote it in a report.")

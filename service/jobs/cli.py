@@ -9,11 +9,13 @@ from typing import Annotated
 
 import typer
 
-from service.config import ServeConfig
+from service.config import Dtype
+from service.store import DEFAULT_STORE, ModelStore
 
 eval_app = typer.Typer(
     help="Measure a PRM the way the paper does: ProcessBench earliest-error F1, and best-of-N reranking.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 ModelOption = Annotated[
@@ -23,9 +25,21 @@ ModelOption = Annotated[
         show_default=False,
     ),
 ]
-StoreOption = Annotated[str, typer.Option(envvar="PRM_STORE", help="The model store directory.")]
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="PRM_STORE",
+        help="The model store directory (default: ./model_store if it exists, else the bundled demo store).",
+        show_default=False,
+    ),
+]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (as for `prm serve`).")]
-DtypeOption = Annotated[str, typer.Option(help="auto, float32 or bfloat16 (as for `prm serve`).")]
+DtypeOption = Annotated[
+    Dtype,
+    typer.Option(
+        help="auto (the checkpoint's dtype on GPU, float32 on CPU), float32, bfloat16 or float16.",
+    ),
+]
 BatchTokensOption = Annotated[
     int | None,
     typer.Option(
@@ -206,7 +220,7 @@ def eval_processbench(
     ],
     out: Annotated[Path, typer.Option(help="Where to write the JSON report.")],
     model: ModelOption = None,
-    store: StoreOption = ServeConfig.store,
+    store: StoreOption = None,
     threshold: Annotated[float, typer.Option(min=0, max=1, help="A step below this score is a wrong step.")] = 0.5,
     search_threshold: Annotated[
         str | None,
@@ -244,7 +258,7 @@ def eval_bon(
     ],
     out: Annotated[Path, typer.Option(help="Where to write the JSON report (plots go beside it).")],
     model: ModelOption = None,
-    store: StoreOption = ServeConfig.store,
+    store: StoreOption = None,
     plots: Annotated[Path | None, typer.Option(help="Directory for the PNG plots (default: beside --out).")] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -267,15 +281,13 @@ def eval_bon(
 def publish(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint directory, e.g. the --out of `prm train`.")],
     name: Annotated[str, typer.Option(help="The model's name in the store (letters, digits, '.', '_', '-').")],
-    store: StoreOption = ServeConfig.store,
+    store: Annotated[str, typer.Option(envvar="PRM_STORE", help="The model store directory.")] = str(DEFAULT_STORE),
     default: Annotated[bool, typer.Option(help="Also make NAME the store's default model.")] = False,
 ) -> None:
     """Copy a checkpoint into the store as NAME's next version, atomically, and print that version.
 
     A running `prm serve --model NAME` picks it up on POST /admin/reload, or by itself with --watch.
     """
-    from service.store import ModelStore
-
     model_store = ModelStore(store)
     with _input_errors():
         stored = model_store.publish(checkpoint, name)

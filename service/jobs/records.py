@@ -35,8 +35,19 @@ def read_records(source: str | Path, split: str = "train") -> list[dict]:
                 raise InputError(f"{path}: not a JSON array of objects")
             return records
         return list(read_jsonl(path))
-    if path.exists() or str(source).count("/") != 1:
+    return list(load_hub_dataset(str(source), split))
+
+
+def load_hub_dataset(source: str, split: str | None = None):
+    """The Hub dataset `source` (one split, or all as a dict), or an InputError in one line: a path that is
+    not there, an id that is not Org/Name, or a dataset that cannot be reached (offline, unknown id)."""
+    if Path(source).suffix in (".json", ".jsonl") or Path(source).exists():
+        raise InputError(f"{source}: no such file" if not Path(source).exists() else f"{source}: not a file")
+    if source.count("/") != 1:
         raise InputError(f"{source} is neither a JSON/JSONL file nor a Hub dataset id like Org/Name")
     from datasets import load_dataset
 
-    return list(load_dataset(str(source), split=split))
+    try:
+        return load_dataset(source, split=split)
+    except Exception as error:  # datasets raises many kinds (ConnectionError, DatasetNotFoundError, ...)
+        raise InputError(f"{source}: no such file, and the Hub dataset could not be loaded ({error})") from None

@@ -16,10 +16,10 @@ class InvalidInput(ValueError):
 class InputTooLong(InvalidInput):
     """The formatted conversation exceeds the model's maximum length (HTTP 413)."""
 
-    def __init__(self, field: str, length: int, limit: int):
+    def __init__(self, field: str, length: int, limit: int, parts: str):
         super().__init__(
             field,
-            f"the formatted conversation is {length} tokens long, "
+            f"the formatted conversation is {length} tokens long ({parts}), "
             f"more than the model's maximum of {limit}; nothing is truncated, so shorten it",
         )
         self.length = length

@@ -4,6 +4,7 @@ This is the model card's computation, kept in one place so that serving, trainin
 and evaluation format conversations identically.
 """
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,8 @@ if TYPE_CHECKING:  # transformers is slow to import, and the command line only n
 
 STEP_SEPARATOR = "<extra_0>"
 DEFAULT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+# JSON can carry "\\ud800"; such a string cannot be encoded as UTF-8, so no tokenizer takes it.
+_SURROGATE = re.compile("[\\ud800-\\udfff]")
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,23 @@ class PRMFormatter:
                 "a step or the problem contains text that tokenises to the separator",
             )
         if len(input_ids) > self.max_length:
-            raise InputTooLong(_join(field, "steps"), len(input_ids), self.max_length)
+            raise self._too_long(item, field, len(input_ids))
         return EncodedItem(input_ids, positions)
+
+    def _too_long(self, item: ScoringInput, field: str, length: int) -> InputTooLong:
+        """The error names the part that made the conversation long: the problem, the system prompt or the steps."""
+        system = DEFAULT_SYSTEM if item.system is None else item.system
+        count = {
+            "problem": self._tokens(item.problem),
+            "system": self._tokens(system),
+            "steps": self._tokens(STEP_SEPARATOR.join(item.steps) + STEP_SEPARATOR),
+        }
+        longest = max(count, key=count.get)
+        parts = f"problem {count['problem']}, system prompt {count['system']}, steps {count['steps']}"
+        return InputTooLong(_join(field, longest), length, self.max_length, parts)
+
+    def _tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def split_steps(text: str) -> list[str]:
@@ -80,23 +98,33 @@ def split_steps(text: str) -> list[str]:
 
 
 def validate(item: ScoringInput, field: str = "") -> None:
-    """Reject what cannot give exactly one score per step."""
+    """Reject what cannot give exactly one meaningful score per step.
+
+    Every step needs text: an empty or whitespace-only step has nothing for the model to judge, and
+    raw text split on blank lines never yields one, so both endpoints refuse it alike.
+    """
     validate_context(item.problem, item.system, field)
     if not item.steps:
         raise InvalidInput(_join(field, "steps"), "must contain at least one step")
     for index, step in enumerate(item.steps):
-        if STEP_SEPARATOR in step:
-            raise InvalidInput(_join(field, f"steps[{index}]"), f"must not contain the step separator {STEP_SEPARATOR}")
+        _check_text(_join(field, f"steps[{index}]"), step, may_be_empty=False)
 
 
 def validate_context(problem: str, system: str | None, field: str = "") -> None:
     """The problem and system prompt: what every solution to one problem shares."""
-    if not problem.strip():
-        raise InvalidInput(_join(field, "problem"), "must not be empty or whitespace")
-    if STEP_SEPARATOR in problem:
-        raise InvalidInput(_join(field, "problem"), f"must not contain the step separator {STEP_SEPARATOR}")
-    if system is not None and STEP_SEPARATOR in system:
-        raise InvalidInput(_join(field, "system"), f"must not contain the step separator {STEP_SEPARATOR}")
+    _check_text(_join(field, "problem"), problem, may_be_empty=False)
+    if system is not None:
+        _check_text(_join(field, "system"), system, may_be_empty=True)
+
+
+def _check_text(field: str, text: str, may_be_empty: bool) -> None:
+    if not may_be_empty and not text.strip():
+        raise InvalidInput(field, "must not be empty or whitespace")
+    if STEP_SEPARATOR in text:
+        raise InvalidInput(field, f"must not contain the step separator {STEP_SEPARATOR}")
+    if surrogate := _SURROGATE.search(text):
+        at = surrogate.start()
+        raise InvalidInput(field, f"has a lone surrogate (U+{ord(text[at]):04X}) at character {at}: not Unicode text")
 
 
 def _join(prefix: str, name: str) -> str:

@@ -1,5 +1,21 @@
 """The model store: versioned PRM checkpoints on disk that `prm serve` resolves and hot-reloads."""
 
-from service.store.store import DEFAULT_STORE, ModelStore, StoredModel, StoreError, resolve_model
+from service.store.store import (
+    DEFAULT_STORE,
+    ModelStore,
+    StoredModel,
+    StoreError,
+    bundled_store,
+    open_store,
+    resolve_model,
+)
 
-__all__ = ["DEFAULT_STORE", "ModelStore", "StoreError", "StoredModel", "resolve_model"]
+__all__ = [
+    "DEFAULT_STORE",
+    "ModelStore",
+    "StoreError",
+    "StoredModel",
+    "bundled_store",
+    "open_store",
+    "resolve_model",
+]

@@ -6,6 +6,8 @@ polling for new versions) never sees half a checkpoint. `store.json` names the d
 the one `prm serve` serves when given no `--model`.
 """
 
+import difflib
+import importlib.resources
 import json
 import os
 import re
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from service.prm.checkpoint import HUB_DATA_FILES, CheckpointError, read_config
 
-DEFAULT_STORE = Path("model_store")
+DEFAULT_STORE = Path("model_store")  # where `prm publish` writes, and where serving looks first
 MANIFEST = "prm.json"
 STORE_CONFIG = "store.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -59,13 +61,19 @@ class ModelStore:
         """A version of `name`, the newest when `version` is None."""
         versions = self.versions(name)
         if not versions:
-            known = ", ".join(self.names()) or "none"
-            raise StoreError(f"the store {self.root} has no model {name!r} (models: {known})")
+            raise StoreError(self.no_model(name))
         if version is None:
             version = versions[-1]
         elif version not in versions:
             raise StoreError(f"{name} has no version {version!r} in {self.root} (versions: {', '.join(versions)})")
         return StoredModel(name, version, self.root / name / version)
+
+    def no_model(self, name: str) -> str:
+        """Says that `name` is not here, what is, and the likely one meant."""
+        names = self.names()
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"the store {self.root} has no model {name!r} (models: {', '.join(names) or 'none'}){hint}"
 
     def default_name(self) -> str | None:
         """The model named default in store.json, else the store's only model."""
@@ -134,18 +142,36 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def bundled_store() -> Path:
+    """The store shipped inside the package (`model_store/` of the source tree, see setup.py): the demo PRM."""
+    return Path(str(importlib.resources.files("service.bundled_store")))
+
+
+def open_store(root: str | Path | None) -> ModelStore:
+    """The store to serve and evaluate from: `root`, which must exist; by default ./model_store if there
+    is one, else the bundled store, so that an installed `prm serve` serves the demo from any directory."""
+    if root is None:
+        return ModelStore(DEFAULT_STORE if DEFAULT_STORE.is_dir() else bundled_store())
+    if not Path(root).is_dir():
+        raise StoreError(f"the store {root} does not exist: pass --store (PRM_STORE) an existing directory")
+    return ModelStore(root)
+
+
 def resolve_model(spec: str | None, store: ModelStore) -> tuple[str, str | None]:
     """(checkpoint source for the loader, display name or None) for `--model`.
 
     None means the store's default model; `NAME` or `NAME@VERSION` a stored model (newest version unless
-    pinned); anything else (an existing directory, a Hub id) goes to the loader as it is.
+    pinned); an existing directory or a Hub id (`Org/Name`) goes to the loader as it is. A bare name that is
+    none of these is a typo: the error lists the store's models.
     """
     if spec is None:
         name = store.default_name()
         if name is None:
             raise StoreError(
                 f"no --model given and the store {store.root} has no default model "
-                f"(models: {', '.join(store.names()) or 'none'}): pass --model, or publish one with `prm publish`"
+                f"(models: {', '.join(store.names()) or 'none'}): pass --model with a checkpoint directory, "
+                "a Hub id (e.g. Qwen/Qwen2.5-Math-PRM-7B) or a store name, set PRM_MODEL, point --store elsewhere, "
+                "or publish one with `prm publish --default`"
             )
         return str(store.get(name).path), name
     if Path(spec).expanduser().is_dir():
@@ -153,4 +179,6 @@ def resolve_model(spec: str | None, store: ModelStore) -> tuple[str, str | None]
     name, _, version = spec.partition("@")
     if version or (NAME_PATTERN.match(name) and store.versions(name)):
         return str(store.get(name, version or None).path), name
+    if "/" not in spec:
+        raise StoreError(f"--model {spec!r} is neither a directory nor a Hub id (Org/Name), and {store.no_model(spec)}")
     return spec, None

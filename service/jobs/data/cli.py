@@ -24,8 +24,11 @@ from service.prm.formatting import DEFAULT_SYSTEM
 annotate_app = typer.Typer(
     help="Label each step of generated responses: Monte Carlo rollouts (mc) or an LLM judge (judge).",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
-filter_app = typer.Typer(help="Turn annotated responses into PRM training records.", no_args_is_help=True)
+filter_app = typer.Typer(
+    help="Turn annotated responses into PRM training records.", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 class BackendKind(StrEnum):

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from service.jobs.evaluate.stats import harmonic_mean, percent
-from service.jobs.records import InputError, read_records
+from service.jobs.records import InputError, load_hub_dataset, read_records
 from service.prm.formatting import ScoringInput
 
 HUB_DATASET = "Qwen/ProcessBench"
@@ -24,9 +24,7 @@ def load_subsets(sources: list[str]) -> dict[str, list[dict]]:
         if Path(source).is_file():
             subsets[Path(source).stem] = read_records(source)
             continue
-        from datasets import load_dataset
-
-        for split, rows in load_dataset(source).items():
+        for split, rows in load_hub_dataset(source).items():
             subsets[split] = list(rows)
     for name, items in subsets.items():
         for item in items:

@@ -8,7 +8,7 @@ from service.jobs.evaluate import bon, plots, processbench
 from service.jobs.evaluate.scoring import score_items
 from service.jobs.records import InputError
 from service.prm.loading import LoadedPRM, load_prm
-from service.store import ModelStore, resolve_model
+from service.store import open_store, resolve_model
 
 
 @dataclass(frozen=True)
@@ -16,13 +16,13 @@ class EvalModel:
     """Which PRM to evaluate and where, with the same meaning as `prm serve`'s options."""
 
     model: str | None
-    store: str = "model_store"
+    store: str | None = None  # None: as for `prm serve` (service.store.open_store)
     device: str = "auto"
     dtype: str = "auto"
     max_batch_tokens: int | None = None
 
     def load(self) -> LoadedPRM:
-        source, name = resolve_model(self.model, ModelStore(self.store))
+        source, name = resolve_model(self.model, open_store(self.store))
         return load_prm(source, device=self.device, dtype=self.dtype, name=name)
 
 

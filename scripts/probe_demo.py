@@ -1,6 +1,6 @@
 """Where a demo PRM's verdicts come from, per arithmetic operation, on `prm synth` ProcessBench items.
 
-    python model_store/probe_demo.py MODEL HELDOUT.jsonl [--threshold 0.5]
+    python scripts/probe_demo.py MODEL HELDOUT.jsonl [--threshold 0.5]
 
 Prints, for each operation (+, -, x, /) of the step a solution got wrong:
 - how often the first error is found, per error kind, at the threshold (as `prm eval processbench` counts);

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Rebuild the bundled demo PRM (model_store/demo-arith): synthetic data, a tiny Qwen2 PRM trained from
 # scratch on CPU, its held-out ProcessBench-style evaluation, and publishing as the store's default.
-#   bash model_store/build-demo.sh [WORK_DIR]        # about 25 minutes on 2 CPU cores
+#   bash scripts/build-demo.sh [WORK_DIR]        # about 25 minutes on 2 CPU cores
 set -euo pipefail
 work=${1:-/tmp/prm-demo}
-store=$(dirname "$0")
+store=$(dirname "$0")/../model_store
 steps="--lm-loss --lr-scheduler linear --batch-size 16 --max-steps 2500 --warmup-ratio 0.02 --logging-steps 100 --save-steps 1000"
 
 prm synth --out "$work/data" --train 120000 --heldout 1000 --bon-problems 100 --bon-n 8 --error-rate 0.6 --seed 0
