@@ -28,8 +28,9 @@ RUN apt-get update \
 RUN pip install "torch>=2.10" --index-url https://download.pytorch.org/whl/cu128
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY service ./service
+COPY model_store ./model_store
 RUN pip install . \
  && if [ "$WITH_VLLM" = "1" ]; then pip install ".[vllm]"; fi
 

@@ -52,9 +52,16 @@ def free_port() -> int:
 class Server:
     """`prm serve` in a real subprocess on loopback."""
 
-    def __init__(self, *args: str, env: dict | None = None, cwd: Path | None = None, prm: list[str] | None = None):
+    def __init__(
+        self,
+        *args: str,
+        env: dict | None = None,
+        cwd: Path | None = None,
+        prm: list[str] | None = None,
+        port: int | None = None,
+    ):
         """`prm`: the command that runs `prm` (default: this interpreter's `python -m service`)."""
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [*(prm or [sys.executable, "-m", "service"]), "serve", "--port", str(self.port), *args]
         # A file, not a pipe: under load the access log would fill a pipe nobody reads and stall the server.
