@@ -163,11 +163,11 @@ def test_a_4xx_is_not_retried(kind, status, scripted):
     assert len(calls) == 1
 
 
-def test_a_422_from_the_real_server_reaches_it_once(server):
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_422_from_the_real_server_reaches_it_once(kind, server):
     before = scoring_requests_seen(server.url)
-    with PRMClient(server.url) as prm, pytest.raises(PRMError) as error:
-        prm.score_steps("p", [])
-    assert (error.value.status, error.value.type) == (422, "invalid_request")
+    [outcome] = call_every(kind, server.url, [{"problem": "p", "steps": []}], 0)
+    assert (outcome.status, outcome.type) == (422, "invalid_request")
     assert scoring_requests_seen(server.url) - before == 1
 
 

@@ -37,7 +37,8 @@ def create_app(config: ServeConfig, on_fatal: Callable[[], None] | None = None) 
     app.state.in_flight = 0
     app.include_router(router)
     install_error_handlers(app, metrics)
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, metrics=metrics)  # added last = outermost
+    # Each added middleware wraps the ones before: RequestLog is outermost, BodyLimit innermost.
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, metrics=metrics)
     app.add_middleware(InternalErrors, metrics=metrics)
     app.add_middleware(RequestLog, metrics=metrics)
     return app

@@ -38,17 +38,27 @@ def error_body(scope: Scope, kind: str, message: str) -> dict:
     return {"error": message, "type": kind, "request_id": request_state(scope).get("request_id")}
 
 
-class RequestLog:
-    """Request ids, request metrics and one access-log line per request."""
+class _HttpMiddleware:
+    """Passes lifespan and websocket traffic through; `handle` sees each HTTP request."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class RequestLog(_HttpMiddleware):
+    """Request ids, request metrics and one access-log line per request."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         given = dict(scope["headers"]).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
         request_id = given if _CLIENT_REQUEST_ID.match(given) else uuid.uuid4().hex
@@ -91,17 +101,10 @@ class RequestLog:
             )
 
 
-class InternalErrors:
+class InternalErrors(_HttpMiddleware):
     """A bug becomes a JSON 500 that leaves the connection open; it is logged and counted."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics):
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         answered = False
 
         async def watch(message: Message) -> None:
@@ -120,22 +123,18 @@ class InternalErrors:
             await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
-class BodyLimit:
+class BodyLimit(_HttpMiddleware):
     """Refuses bodies over `max_bytes` with 413, by Content-Length at once, else as they stream in.
 
     The body is read here (FastAPI would buffer it anyway) and replayed to the app; later
     receives go to the server, so disconnects are still seen.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics):
-        self.app = app
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_bytes: int):
+        super().__init__(app, metrics)
         self.max_bytes = max_bytes
-        self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, send, f"the body is {int(declared)} bytes; the limit is {self.max_bytes}")
