@@ -1,7 +1,8 @@
-"""Log output of `prm serve`: human-readable text, or one JSON object per line for log collectors."""
+"""Log output of `prm` commands: human-readable text, or one JSON object per line for log collectors."""
 
 import json
 import logging
+import os
 from datetime import UTC, datetime
 
 from service.config import LogFormat, LogLevel
@@ -32,3 +33,8 @@ def configure_logging(level: LogLevel = "info", log_format: LogFormat = "text") 
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def process_rank() -> int:
+    """This process's rank under torchrun or accelerate launch (which set RANK); 0 when run alone."""
+    return int(os.environ.get("RANK", "0"))

@@ -1,7 +1,7 @@
 """`prm synth`, `prm train`, `prm eval processbench|bon` and `prm publish`: the model half of the refresh loop."""
 
 import json
-import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from service.config import Dtype
+from service.config import Dtype, SaveDtype
+from service.logs import configure_logging, process_rank
 from service.store import DEFAULT_STORE, ModelStore
 
 eval_app = typer.Typer(
@@ -135,8 +136,18 @@ def train(
     ] = False,
     bf16: Annotated[bool, typer.Option(help="Mixed precision in bfloat16 (GPUs).")] = False,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations to save memory.")] = False,
-    fsdp: Annotated[str, typer.Option(help="Trainer FSDP mode, e.g. 'full_shard auto_wrap' (under torchrun).")] = "",
+    fsdp: Annotated[
+        str,
+        typer.Option(help="Trainer FSDP mode, e.g. 'full_shard auto_wrap' (under torchrun, on CUDA GPUs)."),
+    ] = "",
     deepspeed: Annotated[str | None, typer.Option(help="A DeepSpeed JSON config (under deepspeed/torchrun).")] = None,
+    save_dtype: Annotated[
+        SaveDtype,
+        typer.Option(
+            help="dtype of the weights written to OUT: bfloat16 halves a 7B PRM (about 15 GB, as the published "
+            "Qwen2.5-Math-PRM-7B) where float32 keeps the master weights; checkpoints/ keep the training state."
+        ),
+    ] = "float32",
     logging_steps: Annotated[int, typer.Option(min=1, help="Log the loss every this many steps.")] = 10,
     save_steps: Annotated[int, typer.Option(min=1, help="Write a resumable checkpoint every this many steps.")] = 500,
     seed: Annotated[int, typer.Option(help="Random seed (data order and new weights).")] = 0,
@@ -157,14 +168,15 @@ def train(
 
     Conversations are formatted by the service's own formatter, so the model is trained on exactly
     what it will be served. The output directory has the Qwen2.5-Math-PRM-7B layout (prm serve and
-    vLLM load it) plus prm.json; publish it with `prm publish OUT --name NAME`. Multi-GPU:
-    `accelerate launch -m service train ...` or `torchrun --nproc-per-node 8 -m service train ... --fsdp
-    'full_shard auto_wrap'`.
+    vLLM load it) plus prm.json; publish it with `prm publish OUT --name NAME`. Several processes:
+    `torchrun --nproc-per-node 8 -m service train ... --deepspeed deploy/deepspeed/zero3.json` (or
+    --fsdp 'full_shard auto_wrap' on CUDA GPUs); rank 0 writes the output.
     """
     from service.jobs.train.backbone import ScratchShape
     from service.jobs.train.run import TrainOptions, train_and_evaluate
 
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main_process = process_rank() == 0  # under torchrun / accelerate launch, only rank 0 logs and prints
+    configure_logging(os.environ.get("PRM_LOG_LEVEL", "info") if main_process else "error")
     options = TrainOptions(
         base=base,
         data=data,
@@ -185,6 +197,7 @@ def train(
         gradient_checkpointing=gradient_checkpointing,
         fsdp=fsdp,
         deepspeed=deepspeed,
+        save_dtype=save_dtype,
         logging_steps=logging_steps,
         save_steps=save_steps,
         seed=seed,
@@ -201,6 +214,8 @@ def train(
     )
     with _input_errors():
         result = train_and_evaluate(options, eval_processbench or [])
+    if not result.main_process:
+        return
     typer.echo(
         f"trained on {result.examples} records ({result.too_long} left out as too long"
         + (f", {result.digit_check_copies} digit-check copies added" if result.digit_check_copies else "")

@@ -1,9 +1,13 @@
 """Run a training job: records -> examples -> transformers' Trainer -> a servable checkpoint + prm.json.
 
-The Trainer brings checkpointing, resume, mixed precision and multi-GPU (`accelerate launch` /
-`torchrun` with FSDP or DeepSpeed), so this module only wires data, model and output layout.
+The Trainer brings checkpointing, resume, mixed precision and several processes (`accelerate launch` /
+`torchrun`: data parallel, FSDP or DeepSpeed), so this module only wires data, model and output layout.
 The output directory has exactly the Qwen2.5-Math-PRM-7B layout; Trainer checkpoints go to
 `<out>/checkpoints/`, which `prm publish` leaves behind.
+
+Rank discipline: every process trains and takes part in saving (FSDP gathers the full weights then);
+only the main process writes or reads the output directory after that (tokenizer, config fix-ups,
+dtype, evaluation, prm.json), and the others wait at a barrier until the checkpoint is complete.
 """
 
 import hashlib
@@ -14,7 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase, SchedulerType, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
 from service import __version__
 from service.jobs.records import InputError, read_records
@@ -26,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "prm.json"
 CHECKPOINTS = "checkpoints"
+SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -49,6 +56,7 @@ class TrainOptions:
     gradient_checkpointing: bool = False
     fsdp: str = ""
     deepspeed: str | None = None
+    save_dtype: str = "float32"  # of the weights written to `out` (checkpoints/ keep the training state as is)
     logging_steps: int = 10
     save_steps: int = 500
     seed: int = 0
@@ -72,14 +80,18 @@ def train(options: TrainOptions) -> TrainResult:
     started = time.monotonic()
     trainer, encoded, tokenizer = build_trainer(options)
     checkpoints = options.out / CHECKPOINTS
-    resume = options.resume and any(checkpoints.glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    last = get_last_checkpoint(str(checkpoints)) if options.resume and checkpoints.is_dir() else None
+    if last:
+        log.info("continuing from %s", last)
+    trainer.train(resume_from_checkpoint=last)
 
+    trainer.save_model(str(options.out))  # on every rank: under FSDP it gathers the full, unsharded weights
     if trainer.is_world_process_zero():
-        trainer.save_model(str(options.out))
         (options.out / "training_args.bin").unlink(missing_ok=True)  # a pickle: checkpoints/ keeps it for resume
         tokenizer.save_pretrained(options.out)
         output_config_fixups(options.out)
+        cast_weights(options.out, SAVE_DTYPES[options.save_dtype])
+    trainer.accelerator.wait_for_everyone()  # no rank exits before the checkpoint is complete
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return TrainResult(
         options.out,
@@ -98,6 +110,13 @@ def build_trainer(options: TrainOptions) -> tuple[Trainer, Encoded, PreTrainedTo
     schedules = [schedule.value for schedule in SchedulerType]
     if options.lr_scheduler not in schedules:
         raise InputError(f"--lr-scheduler {options.lr_scheduler!r} is not one of {', '.join(schedules)}")
+    if options.save_dtype not in SAVE_DTYPES:
+        raise InputError(f"--save-dtype {options.save_dtype!r} is not one of {', '.join(SAVE_DTYPES)}")
+    if options.fsdp and not torch.cuda.is_available():
+        raise InputError(
+            "--fsdp needs CUDA GPUs: accelerate, which the Trainer shards with, runs FSDP only on GPUs; on CPU, "
+            "run the same command without --fsdp (plain data parallel)"
+        )
     records = parse_records([record for source in options.data for record in read_records(source)])
     if not records:
         raise InputError("the training data has no records")
@@ -149,6 +168,8 @@ def _training_arguments(options: TrainOptions, checkpoints: Path) -> TrainingArg
         bf16=options.bf16,
         activation_checkpointing=options.gradient_checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Without it, torchrun on a machine without CUDA runs N independent single-process trainings.
+        use_cpu=not torch.cuda.is_available(),
         fsdp=options.fsdp,
         deepspeed=options.deepspeed,
         logging_steps=options.logging_steps,
@@ -158,6 +179,27 @@ def _training_arguments(options: TrainOptions, checkpoints: Path) -> TrainingArg
         remove_unused_columns=False,
         report_to="none",
     )
+
+
+def cast_weights(out: Path, dtype: torch.dtype) -> None:
+    """Rewrite the saved weights in `dtype`, one safetensors file at a time (a 7B PRM: 15 GB in bfloat16,
+    not the 30 GB of float32 master weights); config.json says the new dtype."""
+    if dtype == torch.float32:
+        return
+    total_size = 0
+    for path in sorted(out.glob("*.safetensors")):
+        tensors = {name: t.to(dtype) if t.is_floating_point() else t for name, t in load_file(path).items()}
+        save_file(tensors, path, metadata={"format": "pt"})
+        total_size += sum(t.numel() * t.element_size() for t in tensors.values())
+    index = out / "model.safetensors.index.json"
+    if index.is_file():  # sharded: the index states the total size
+        entries = json.loads(index.read_text())
+        entries.setdefault("metadata", {})["total_size"] = total_size
+        index.write_text(json.dumps(entries, indent=2) + "\n")
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text())
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def write_manifest(
