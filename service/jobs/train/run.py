@@ -170,6 +170,7 @@ def _training_arguments(options: TrainOptions, checkpoints: Path) -> TrainingArg
         dataloader_pin_memory=torch.cuda.is_available(),
         # Without it, torchrun on a machine without CUDA runs N independent single-process trainings.
         use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,  # every parameter takes part in each forward: skip DDP's extra search
         fsdp=options.fsdp,
         deepspeed=options.deepspeed,
         logging_steps=options.logging_steps,
