@@ -102,6 +102,24 @@ def test_compose_and_monitoring_config():
         assert metric in dashboard
 
 
+def test_compose_and_kubernetes_name_the_images_the_build_script_builds():
+    script = (ROOT / "deploy/build-image.sh").read_text()
+    assert "image=prm-service:$variant" in script and "variant must be cpu or cuda" in script
+    built = {"prm-service:cpu", "prm-service:cuda"}
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["prm"]["image"] == "prm-service:cuda" and services["prm-cpu"]["image"] == "prm-service:cpu"
+    assert services["prm-cpu"]["profiles"] == ["cpu"] and "deploy" not in services["prm-cpu"]  # no GPU
+    cpu_args = services["prm-cpu"]["build"]["args"]
+    assert set(cpu_args) == {"BASE_IMAGE", "TORCH_INDEX_URL"}  # the CUDA variant differs in these two only
+    (container,) = next(doc for doc in load_all(ROOT / "deploy/k8s/prm-service.yaml") if doc["kind"] == "Deployment")[
+        "spec"
+    ]["template"]["spec"]["containers"]
+    assert container["image"] in built and container["image"].endswith(":cuda")
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=nvidia/cuda" in dockerfile
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu" in dockerfile
+
+
 def compose_command() -> list[str] | None:
     """`docker compose` (the v2 plugin) or, failing that, the standalone `docker-compose`; neither needs an engine."""
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
@@ -111,7 +129,7 @@ def compose_command() -> list[str] | None:
 
 @pytest.mark.skipif(compose_command() is None, reason="needs docker compose or docker-compose (no engine needed)")
 def test_docker_compose_config_validates():
-    for profile in ([], ["--profile", "annotate"]):
+    for profile in ([], ["--profile", "annotate"], ["--profile", "cpu"]):
         result = subprocess.run(
             [*compose_command(), *profile, "config", "--quiet"], cwd=ROOT, capture_output=True, text=True
         )
