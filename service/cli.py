@@ -11,6 +11,7 @@ from service.config import Dtype, LogFormat, LogLevel, ServeConfig
 from service.jobs.cli import eval_app, publish, synth, train
 from service.jobs.data.cli import annotate_app, filter_app, generate
 from service.logs import configure_logging
+from service.prm.aggregation import Aggregation
 from service.store import StoreError, open_store, resolve_model
 
 # Plain click help: rich's tables cut option and variable names at 80 columns.
@@ -155,6 +156,29 @@ def serve(
         float,
         typer.Option(envvar="PRM_DRAIN_TIMEOUT", min=0, help="Seconds to finish admitted requests after SIGTERM."),
     ] = ServeConfig.drain_timeout,
+    vllm_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PRM_VLLM_URL",
+            help="Score through this vLLM server's /pooling (started with --runner pooling) instead of loading "
+            "the weights here: --model then names the checkpoint whose tokenizer and config are read.",
+            show_default=False,
+        ),
+    ] = None,
+    vllm_model: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PRM_VLLM_MODEL",
+            help="The model's name on the vLLM server (default: --model as given, or its directory).",
+            show_default=False,
+        ),
+    ] = None,
+    reward_aggregation: Annotated[
+        Aggregation,
+        typer.Option(
+            envvar="PRM_REWARD_AGGREGATION", help="How /get_reward turns a response's step scores into its reward."
+        ),
+    ] = ServeConfig.reward_aggregation,
     log_level: Annotated[LogLevel, typer.Option(envvar="PRM_LOG_LEVEL", help="Log level.")] = "info",
     log_format: Annotated[
         LogFormat,
@@ -196,6 +220,9 @@ def serve(
         admin_keys=_keys(admin_key),
         protect_metrics=protect_metrics,
         drain_timeout=drain_timeout,
+        reward_aggregation=reward_aggregation,
+        vllm_url=vllm_url,
+        vllm_model=vllm_model,
     )
     application = create_app(config, on_fatal=lambda: setattr(server, "should_exit", True))
     server = _server_class()(

@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 from typing import Literal
 
+from service.prm.aggregation import Aggregation
+
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # auto: the checkpoint's dtype on GPU, float32 on CPU
 SaveDtype = Literal["float32", "bfloat16"]  # of the weights `prm train` writes
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -31,3 +33,6 @@ class ServeConfig:
     admin_keys: tuple[str, ...] = ()  # Bearer keys for /admin/*; they also pass as API keys
     protect_metrics: bool = False  # /metrics needs a key too
     drain_timeout: float = 30.0  # seconds to finish admitted requests after SIGTERM
+    reward_aggregation: Aggregation = "product"  # /get_reward's reward: the aggregated step score
+    vllm_url: str | None = None  # score through this vLLM server's /pooling instead of loading the weights here
+    vllm_model: str | None = None  # the model's name there; None: the one it serves under --model's name

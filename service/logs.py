@@ -33,6 +33,7 @@ def configure_logging(level: LogLevel = "info", log_format: LogFormat = "text") 
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request to a vLLM upstream is noise
 
 
 def process_rank() -> int:

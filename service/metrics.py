@@ -63,6 +63,19 @@ class Metrics:
         self.oom_splits = Counter(
             "prm_oom_splits", "Batches split in two after running out of device memory", registry=r
         )
+        self.upstream_requests = Counter(
+            "prm_upstream_requests",
+            "Batches sent to the vLLM upstream (--vllm-url), by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "prm_upstream_duration_seconds",
+            "Latency of the vLLM upstream per batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_up = Gauge("prm_upstream_up", "1 while the vLLM upstream answers its health check", registry=r)
         self.model_info = Gauge(
             "prm_model_info", "The loaded model (value 1)", ["name", "version", "dtype", "device"], registry=r
         )

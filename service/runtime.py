@@ -14,16 +14,22 @@ from pathlib import Path
 from service.config import ServeConfig
 from service.engine import Engine, EngineStopped
 from service.metrics import Metrics
+from service.prm.checkpoint import CheckpointError
 from service.prm.formatting import EncodedItem, ScoringInput
-from service.prm.loading import FAMILY, LoadedPRM, load_prm
+from service.prm.loading import FAMILY, LoadedPRM, load_prm, load_tokenizer
 from service.prm.scorer import PackedScorer
 from service.store import open_store, resolve_model
+from service.upstream import UpstreamUnavailable, VLLMScorer
 
 log = logging.getLogger(__name__)
 
 # Token budget of a packed batch by device type, measured with loadtest/bench_engine.py: on CPU,
 # elementwise ops on larger rows fall out of cache; on GPU, 16k tokens keep the matmuls saturated.
-DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
+DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384, "vllm": 16384}  # vllm: one /pooling request per batch
+UPSTREAM_POLL_SECONDS = 1.0
+
+# Turns one request into token ids with a model's tokenizer; run again if a reload swaps the model.
+Encoder = Callable[[LoadedPRM], list[EncodedItem]]
 
 WARMUP_ITEM = ScoringInput(problem="What is 1+1?", steps=["1+1 = 2", "The answer is \\boxed{2}."])
 
@@ -42,6 +48,7 @@ class Serving:
 
     prm: LoadedPRM
     engine: Engine
+    upstream: VLLMScorer | None = None  # with --vllm-url: the backend, whose health is the server's
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,15 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        return self.serving is not None and self.serving.engine.alive and not self.draining
+        serving = self.serving
+        upstream_up = serving is not None and (serving.upstream is None or serving.upstream.up)
+        return upstream_up and serving.engine.alive and not self.draining
+
+    @property
+    def not_ready_reason(self) -> str:
+        if self.serving is not None and self.serving.upstream is not None and not self.serving.upstream.up:
+            return f"the vLLM upstream {self.serving.upstream.url} is unreachable"
+        return self.fatal_error or "the model is still loading"
 
     def start_loading(self) -> None:
         threading.Thread(target=self._first_load, name="prm-loader", daemon=True).start()
@@ -119,18 +134,52 @@ class Runtime:
 
     def _load(self) -> Serving:
         source, name = self._resolve()
-        prm = load_prm(source, device=self.config.device, dtype=self.config.dtype, name=name)
+        if self.config.vllm_url:
+            prm = load_tokenizer(source, name)
+            upstream = self._connect_upstream(source, prm)
+            scorer, budget_key = upstream, "vllm"
+        else:
+            prm = load_prm(source, device=self.config.device, dtype=self.config.dtype, name=name)
+            upstream, scorer, budget_key = None, PackedScorer(prm, self.config.min_shared_prefix), prm.device.type
         engine = Engine(
-            PackedScorer(prm, self.config.min_shared_prefix),
+            scorer,
             self.metrics,
-            max_batch_tokens=self.config.max_batch_tokens or DEFAULT_BATCH_TOKENS.get(prm.device.type, 2048),
+            max_batch_tokens=self.config.max_batch_tokens or DEFAULT_BATCH_TOKENS.get(budget_key, 2048),
             max_wait_ms=self.config.max_wait_ms,
             max_queue_tokens=self.config.max_queue_tokens,
             on_worker_death=lambda error: self._fatal(f"the engine worker died: {error!r}"),
         )
         engine.start()
         engine.submit([prm.formatter.encode(WARMUP_ITEM)]).result()
-        return Serving(prm, engine)
+        return Serving(prm, engine, upstream)
+
+    def _connect_upstream(self, source: str, prm: LoadedPRM) -> VLLMScorer:
+        """The vLLM server behind --vllm-url, once it answers and serves this model; then its health is polled."""
+        upstream = VLLMScorer(self.config.vllm_url, "", prm.formatter.separator_id, self.metrics)
+        while True:  # vLLM takes a while to start: wait for it, not ready meanwhile
+            try:
+                served = upstream.served_models()
+                break
+            except UpstreamUnavailable as error:
+                log.warning("%s; trying again", error)
+                if self._stopped.wait(UPSTREAM_POLL_SECONDS):
+                    raise
+        wanted = [self.config.vllm_model] if self.config.vllm_model else [self.config.model, source, str(prm.path)]
+        upstream.model = next((model for model in served if model in wanted), "")
+        if not upstream.model:
+            raise CheckpointError(
+                f"vLLM at {upstream.url} serves {served}, not {wanted[0]!r}: pass --vllm-model with its name there"
+            )
+        threading.Thread(target=self._poll_upstream, args=(upstream,), name="prm-upstream", daemon=True).start()
+        return upstream
+
+    def _poll_upstream(self, upstream: VLLMScorer) -> None:
+        while not self._stopped.wait(UPSTREAM_POLL_SECONDS):
+            was_up = upstream.up
+            if upstream.poll() != was_up:
+                log.warning("the vLLM upstream %s is %s", upstream.url, "back" if upstream.up else "unreachable")
+            if self.serving is None or self.serving.upstream is not upstream:
+                return  # a reload replaced it
 
     def _swap_in(self, serving: Serving) -> None:
         self.serving = serving
@@ -149,27 +198,32 @@ class Runtime:
         self._stopped.set()
         if self.serving is not None:
             self.serving.engine.stop(timeout=self.config.drain_timeout)
+            if self.serving.upstream is not None:
+                self.serving.upstream.close()
 
     def describe(self) -> dict:
-        prm = self._current().prm
+        serving = self._current()
+        prm = serving.prm
         return {
             "id": prm.name,
             "version": prm.version,
             "family": FAMILY,
             "dtype": str(prm.dtype).removeprefix("torch."),
-            "device": str(prm.device),
+            "device": f"vllm {serving.upstream.url}" if serving.upstream else str(prm.device),
             "max_length": prm.max_length,
         }
 
-    async def score(self, items: list[tuple[str, ScoringInput]], timeout: float | None = None) -> Scored:
-        """Score `(field, item)` pairs; `field` names the item in error messages.
+    async def score(self, encode: Encoder, timeout: float | None = None) -> Scored:
+        """Score what `encode` makes of a request with the serving model's tokenizer (off the event loop).
 
         Work not started within `timeout` seconds is dropped; cancelling this coroutine drops queued work.
         A request that meets an engine retired by a reload is encoded again for the new model.
         """
         while True:
             serving = self._current()
-            encoded = await asyncio.to_thread(_encode_all, serving.prm, items)
+            if serving.upstream is not None and not serving.upstream.up:
+                raise UpstreamUnavailable(self.not_ready_reason)
+            encoded = await asyncio.to_thread(encode, serving.prm)
             try:
                 future = serving.engine.submit(encoded, timeout)
             except EngineStopped:
@@ -181,9 +235,5 @@ class Runtime:
 
     def _current(self) -> Serving:
         if self.serving is None or not self.serving.engine.alive:
-            raise NotReady(self.fatal_error or "the model is still loading")
+            raise NotReady(self.not_ready_reason)
         return self.serving
-
-
-def _encode_all(prm: LoadedPRM, items: list[tuple[str, ScoringInput]]) -> list[EncodedItem]:
-    return [prm.formatter.encode(item, field) for field, item in items]

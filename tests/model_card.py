@@ -28,14 +28,16 @@ class ModelCardPRM:
             weights.update(load_file(file))
         self.head = [weights[f"score.{i}.{p}"].float() for i in (0, 2) for p in ("weight", "bias")]
 
-    def conversation(self, problem: str, steps: list[str], system: str = CARD_SYSTEM) -> torch.Tensor:
+    def conversation_text(self, problem: str, steps: list[str], system: str = CARD_SYSTEM) -> str:
         messages = [
             {"role": "system", "content": system},
             {"role": "user", "content": problem},
             {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"},
         ]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-        return self.tokenizer.encode(text, return_tensors="pt")
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+
+    def conversation(self, problem: str, steps: list[str], system: str = CARD_SYSTEM) -> torch.Tensor:
+        return self.tokenizer.encode(self.conversation_text(problem, steps, system), return_tensors="pt")
 
     @torch.no_grad()
     def step_rewards(self, problem: str, steps: list[str], system: str = CARD_SYSTEM) -> list[float]:

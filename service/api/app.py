@@ -9,6 +9,7 @@ from fastapi_offline import FastAPIOffline
 from service import __version__
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodyLimit, InternalErrors, RequestLog
+from service.api.protocols import router as protocols
 from service.api.routes import router
 from service.config import ServeConfig
 from service.metrics import Metrics
@@ -36,6 +37,7 @@ def create_app(config: ServeConfig, on_fatal: Callable[[], None] | None = None) 
     app.state.metrics = metrics
     app.state.in_flight = 0
     app.include_router(router)
+    app.include_router(protocols)  # vLLM's /pooling, OpenRLHF's /get_reward
     install_error_handlers(app, metrics)
     # Each added middleware wraps the ones before: RequestLog is outermost, BodyLimit innermost.
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, metrics=metrics)

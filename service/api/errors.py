@@ -12,6 +12,7 @@ from service.metrics import Metrics
 from service.prm.checkpoint import CheckpointError
 from service.prm.errors import DeviceOutOfMemory, InputTooLong, InvalidInput
 from service.runtime import NotReady, ReloadInProgress
+from service.upstream import UpstreamError, UpstreamUnavailable
 
 RETRY_AFTER_SECONDS = "1"
 
@@ -90,6 +91,8 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     app.add_exception_handler(Overloaded, handler(429, "overloaded", retry=True))
     app.add_exception_handler(NotReady, handler(503, "not_ready", retry=True))
     app.add_exception_handler(EngineStopped, handler(503, "shutting_down", retry=True))
+    app.add_exception_handler(UpstreamUnavailable, handler(503, "upstream_unavailable", retry=True))
+    app.add_exception_handler(UpstreamError, handler(502, "upstream_error"))
     app.add_exception_handler(DeadlineExceeded, handler(504, "deadline_exceeded"))
     app.add_exception_handler(DeviceOutOfMemory, handler(507, "device_out_of_memory"))
     # nginx's "client closed request": nobody reads it, but logs and metrics show what happened

@@ -25,9 +25,9 @@ from service.engine import Overloaded
 from service.prm.aggregation import aggregate, rank
 from service.prm.errors import InvalidInput
 from service.prm.formatting import ScoringInput, validate_context
-from service.runtime import Runtime, Scored
+from service.runtime import Encoder, Runtime, Scored
 
-ERRORS = {status: {"model": ErrorBody} for status in (401, 413, 415, 422, 429, 500, 503, 504, 507)}
+ERRORS = {status: {"model": ErrorBody} for status in (401, 413, 415, 422, 429, 500, 502, 503, 504, 507)}
 TIMEOUT_HEADER = "X-Request-Timeout"
 DISCONNECT_POLL_SECONDS = 0.1
 
@@ -67,14 +67,14 @@ def _timeout(request: Request) -> float | None:
     return seconds
 
 
-def _check_problem(runtime: Runtime, field: str, problem: str) -> None:
+def check_problem(runtime: Runtime, field: str, problem: str) -> None:
     """Size limit that keeps a pathological problem away from the tokenizer."""
     limit = runtime.config.max_problem_chars
     if len(problem) > limit:
         raise RequestTooLarge(field, f"has {len(problem)} characters; the limit is {limit}")
 
 
-def _check_steps(runtime: Runtime, field: str, steps: list[str]) -> None:
+def check_steps(runtime: Runtime, field: str, steps: list[str]) -> None:
     """Size limits that keep pathological solutions away from the tokenizer and the model."""
     config = runtime.config
     if len(steps) > config.max_steps_per_item:
@@ -86,9 +86,14 @@ def _check_steps(runtime: Runtime, field: str, steps: list[str]) -> None:
             )
 
 
-async def _score(request: Request, items: list[tuple[str, ScoringInput]]) -> Scored:
+def conversations(items: list[tuple[str, ScoringInput]]) -> Encoder:
+    """`(field, item)` pairs as the model card's conversations; `field` names the item in error messages."""
+    return lambda prm: [prm.formatter.encode(item, field) for field, item in items]
+
+
+async def score_request(request: Request, encode: Encoder) -> Scored:
     """Score, dropping the queued work if the client goes away first."""
-    scoring = asyncio.ensure_future(_runtime(request).score(items, _timeout(request)))
+    scoring = asyncio.ensure_future(_runtime(request).score(encode, _timeout(request)))
     watching = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         await asyncio.wait({scoring, watching}, return_when=asyncio.FIRST_COMPLETED)
@@ -116,14 +121,13 @@ async def score_steps(body: ScoreStepsRequest, request: Request) -> ScoreStepsRe
     if len(items) > limit:
         raise RequestTooLarge("items", f"has {len(items)} entries; at most {limit} are accepted per request")
     names = [f"items[{index}]" for index in range(len(items))] if body.items is not None else [""]
+    inputs = []
     for name, item in zip(names, items, strict=True):
         where = f"{name}." if name else ""
-        _check_problem(runtime, f"{where}problem", item.problem)
-        _check_steps(runtime, f"{where}steps", item.steps)
-    scored = await _score(
-        request,
-        [(name, ScoringInput(item.problem, item.steps, item.system)) for name, item in zip(names, items, strict=True)],
-    )
+        check_problem(runtime, f"{where}problem", item.problem)
+        check_steps(runtime, f"{where}steps", item.steps)
+        inputs.append((name, ScoringInput(item.problem, item.steps, item.system)))
+    scored = await score_request(request, conversations(inputs))
     usage = Usage(tokens=scored.tokens)
     if body.items is None:
         return ScoreStepsResponse(
@@ -145,12 +149,12 @@ async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
     if len(body.candidates) > limit:
         raise RequestTooLarge("candidates", f"has {len(body.candidates)} entries; at most {limit} are accepted")
     validate_context(body.problem, body.system)
-    _check_problem(runtime, "problem", body.problem)
+    check_problem(runtime, "problem", body.problem)
     items = []
     for index, candidate in enumerate(body.candidates):
-        _check_steps(runtime, f"candidates[{index}].steps", candidate.steps)
+        check_steps(runtime, f"candidates[{index}].steps", candidate.steps)
         items.append((f"candidates[{index}]", ScoringInput(body.problem, candidate.steps, body.system)))
-    scored = await _score(request, items)
+    scored = await score_request(request, conversations(items))
     solution_scores = [aggregate(scores, body.aggregation) for scores in scored.step_scores]
     order = rank(solution_scores)[: body.top_n]
     results = [
@@ -187,7 +191,7 @@ async def ready(request: Request) -> Response:
     """200 once a model is loaded and warmed up; 503 before (or if loading failed)."""
     runtime = _runtime(request)
     if not runtime.ready:
-        message = runtime.fatal_error or "the model is still loading"
+        message = runtime.not_ready_reason
         return error_response(request, 503, "not_ready", message, retry=True)
     prm = runtime.serving.prm
     return JSONResponse({"status": "ready", "model": prm.name, "model_version": prm.version})

@@ -9,17 +9,19 @@ from service.prm.aggregation import Aggregation
 from service.prm.formatting import split_steps
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Request bodies: unknown fields and loose types are refused, naming the field."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class StepsItem(_Strict):
+class StepsItem(Strict):
     problem: str = Field(description="The math problem, as the user turn.")
     steps: list[str] = Field(min_length=1, description="The solution's steps; one score comes back per step.")
     system: str | None = Field(None, description="System prompt; defaults to the Qwen2.5-Math one.")
 
 
-class ScoreStepsRequest(_Strict):
+class ScoreStepsRequest(Strict):
     """Either one solution (`problem`, `steps`, `system`?) or a batch (`items`)."""
 
     model_config = ConfigDict(
@@ -74,7 +76,7 @@ class ScoreBatchResponse(_Scored):
     usage: Usage
 
 
-class CandidateSteps(_Strict):
+class CandidateSteps(Strict):
     steps: list[str] = Field(min_length=1)
 
 
@@ -98,7 +100,7 @@ Candidate = Annotated[
 ]
 
 
-class RerankRequest(_Strict):
+class RerankRequest(Strict):
     problem: str
     candidates: list[Candidate] = Field(
         min_length=1, description="Step lists, {steps: [...]} objects, or raw text split into steps on blank lines."

@@ -18,8 +18,8 @@ class CheckpointError(RuntimeError):
     """The checkpoint cannot be served; the message says why and what to do."""
 
 
-def resolve_checkpoint(source: str) -> tuple[Path, str, str | None]:
-    """A local directory, or a Hub id downloaded (data files only) into the Hub cache.
+def resolve_checkpoint(source: str, weights: bool = True) -> tuple[Path, str, str | None]:
+    """A local directory, or a Hub id downloaded (data files only; no weights if not `weights`) into the Hub cache.
 
     Returns (directory, display name, Hub revision or None). `HF_HUB_OFFLINE=1` is honoured
     by huggingface_hub: then only an already-cached snapshot is used.
@@ -30,13 +30,14 @@ def resolve_checkpoint(source: str) -> tuple[Path, str, str | None]:
     if path.exists() or source.count("/") != 1 or source.startswith((".", "/", "~")):
         raise CheckpointError(f"--model {source!r} is neither a checkpoint directory nor a Hub id like Org/Name")
     try:
-        snapshot = Path(snapshot_download(source, allow_patterns=HUB_DATA_FILES))
+        patterns = HUB_DATA_FILES if weights else [p for p in HUB_DATA_FILES if p != "*.safetensors"]
+        snapshot = Path(snapshot_download(source, allow_patterns=patterns))
     except Exception as error:  # huggingface_hub raises many types; all mean "not obtainable"
         raise CheckpointError(f"could not fetch {source!r} from the Hugging Face Hub: {error}") from error
     return snapshot, source, snapshot.name
 
 
-def read_config(path: Path) -> dict:
+def read_config(path: Path, weights: bool = True) -> dict:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path} has no config.json: not a transformers checkpoint")
@@ -48,6 +49,6 @@ def read_config(path: Path) -> dict:
         )
     if config.get("use_sliding_window"):
         raise CheckpointError(f"{path} uses sliding-window attention, which the packed engine does not implement")
-    if not any(path.glob("*.safetensors")):
+    if weights and not any(path.glob("*.safetensors")):
         raise CheckpointError(f"{path} has no .safetensors weights; pickled weights are never loaded")
     return config

@@ -76,6 +76,26 @@ class PRMFormatter:
             raise self._too_long(item, field, len(input_ids))
         return EncodedItem(input_ids, positions)
 
+    def encode_formatted(
+        self, text_or_ids: str | list[int], field: str, add_special_tokens: bool = True
+    ) -> EncodedItem:
+        """An already formatted conversation, as vLLM's /pooling takes it (the chat template applied, a
+        separator after each step): text tokenised as it is, or token ids; scored at every separator."""
+        if isinstance(text_or_ids, str):
+            _check_text(field, text_or_ids, may_be_empty=False, separator_allowed=True)
+            input_ids = self.tokenizer(text_or_ids, add_special_tokens=add_special_tokens)["input_ids"]
+        else:
+            input_ids = text_or_ids
+            if not input_ids:
+                raise InvalidInput(field, "must not be empty")
+            vocabulary = len(self.tokenizer)
+            bad = next((i for i, token in enumerate(input_ids) if not 0 <= token < vocabulary), None)
+            if bad is not None:
+                raise InvalidInput(f"{field}[{bad}]", f"is {input_ids[bad]}, not a token id (0 to {vocabulary - 1})")
+        if len(input_ids) > self.max_length:
+            raise InputTooLong(field, len(input_ids), self.max_length, "as given")
+        return EncodedItem(input_ids, [i for i, token in enumerate(input_ids) if token == self.separator_id])
+
     def _too_long(self, item: ScoringInput, field: str, length: int) -> InputTooLong:
         """The error names the part that made the conversation long: the problem, the system prompt or the steps."""
         system = DEFAULT_SYSTEM if item.system is None else item.system
@@ -117,10 +137,10 @@ def validate_context(problem: str, system: str | None, field: str = "") -> None:
         _check_text(_join(field, "system"), system, may_be_empty=True)
 
 
-def _check_text(field: str, text: str, may_be_empty: bool) -> None:
+def _check_text(field: str, text: str, may_be_empty: bool, separator_allowed: bool = False) -> None:
     if not may_be_empty and not text.strip():
         raise InvalidInput(field, "must not be empty or whitespace")
-    if STEP_SEPARATOR in text:
+    if not separator_allowed and STEP_SEPARATOR in text:
         raise InvalidInput(field, f"must not contain the step separator {STEP_SEPARATOR}")
     if surrogate := _SURROGATE.search(text):
         at = surrogate.start()

@@ -19,7 +19,7 @@ _FINGERPRINT_BYTES = 1 << 20
 
 @dataclass
 class LoadedPRM:
-    model: Qwen2ForProcessRewardModel
+    model: Qwen2ForProcessRewardModel | None  # None: the weights live in an upstream vLLM server (--vllm-url)
     formatter: PRMFormatter
     name: str
     version: str
@@ -75,6 +75,17 @@ def load_prm(source: str, device: str = "auto", dtype: str = "auto", name: str |
     formatter = PRMFormatter(tokenizer, max_length=model.config.max_position_embeddings)
     version = revision[:12] if revision else _local_version(path)
     return LoadedPRM(model, formatter, name, version, path, target_device, target_dtype)
+
+
+def load_tokenizer(source: str, name: str | None = None) -> LoadedPRM:
+    """Only what a front for an upstream vLLM server needs: config, tokenizer, name and version; no weights."""
+    path, default_name, revision = resolve_checkpoint(source, weights=False)
+    config = read_config(path, weights=False)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    formatter = PRMFormatter(tokenizer, max_length=config["max_position_embeddings"])
+    version = revision[:12] if revision else _local_version(path)
+    dtype = getattr(torch, config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+    return LoadedPRM(None, formatter, name or default_name, version, path, torch.device("cpu"), dtype)
 
 
 def _local_version(path: Path) -> str:
