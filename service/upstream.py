@@ -34,7 +34,7 @@ class VLLMScorer:
         self.model = model
         self.separator_id = separator_id
         self.metrics = metrics
-        self.up = True
+        self.up = False  # until it answers
         self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_SECONDS))
         # Two batches in flight, as the packed scorer overlaps one batch's preparation with another's compute.
         self._requests = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prm-vllm")
@@ -44,9 +44,12 @@ class VLLMScorer:
         try:
             response = self._http.get(f"{self.url}/v1/models", timeout=10)
             response.raise_for_status()
-            return [entry["id"] for entry in response.json()["data"]]
+            served = [entry["id"] for entry in response.json()["data"]]
         except (httpx.HTTPError, ValueError, KeyError) as error:
+            self._set_up(False)
             raise UpstreamUnavailable(f"vLLM at {self.url} did not list its models: {error}") from error
+        self._set_up(True)
+        return served
 
     def poll(self) -> bool:
         """Ask the upstream's /health; `up` follows the answer."""

@@ -58,7 +58,9 @@ def load_all(path: Path) -> list[dict]:
 
 
 def test_kubernetes_manifests_agree_with_the_service():
-    docs = {doc["kind"]: doc for file in (ROOT / "deploy/k8s").glob("*.yaml") for doc in load_all(file)}
+    docs = {
+        doc["kind"]: doc for file in ("prm-service.yaml", "hpa.yaml") for doc in load_all(ROOT / "deploy/k8s" / file)
+    }
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ServiceMonitor"} <= set(docs)
     pod = docs["Deployment"]["spec"]["template"]
     (container,) = pod["spec"]["containers"]
@@ -120,6 +122,45 @@ def test_compose_and_kubernetes_name_the_images_the_build_script_builds():
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu" in dockerfile
 
 
+def by_name(path: Path) -> dict[tuple[str, str], dict]:
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in load_all(path)}
+
+
+def test_the_72b_manifest_puts_vllm_tensor_parallelism_behind_the_cpu_front():
+    docs = by_name(ROOT / "deploy/k8s/prm-72b-vllm.yaml")
+    (vllm,) = docs["Deployment", "vllm-prm-72b"]["spec"]["template"]["spec"]["containers"]
+    tensor_parallel = int(vllm["args"][vllm["args"].index("--tensor-parallel-size") + 1])
+    assert tensor_parallel == vllm["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert vllm["args"][vllm["args"].index("--runner") + 1] == "pooling"
+    upstream = docs["Service", "vllm-prm-72b"]["spec"]
+    assert upstream["selector"] == docs["Deployment", "vllm-prm-72b"]["spec"]["selector"]["matchLabels"]
+    (front,) = docs["Deployment", "prm-72b"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in front["env"]}
+    assert env["PRM_VLLM_URL"] == f"http://vllm-prm-72b:{upstream['ports'][0]['port']}"
+    assert env["PRM_MODEL"] == vllm["args"][vllm["args"].index("--model") + 1]
+    assert front["image"] == "prm-service:cpu" and "nvidia.com/gpu" not in str(front.get("resources"))
+    assert front["readinessProbe"]["httpGet"]["path"] == "/ready"  # 503 while vLLM is unreachable
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["prm-72b"]["environment"]["PRM_VLLM_URL"] == "http://vllm-prm:8000"
+    assert services["prm-72b"]["image"] == "prm-service:cpu" and "deploy" not in services["prm-72b"]
+
+
+def test_the_annotation_job_gives_each_index_its_own_shard():
+    from service.jobs.data.records import Shard
+
+    job = by_name(ROOT / "deploy/k8s/annotate-job.yaml")["Job", "prm-annotate-mc"]["spec"]
+    assert job["completionMode"] == "Indexed" and job["parallelism"] == job["completions"] == 8
+    (container,) = job["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert int(env["SHARDS"]) == job["completions"]
+    command = container["args"][0]
+    assert '--shard "$JOB_COMPLETION_INDEX/$SHARDS"' in command and '"/data/mc-$JOB_COMPLETION_INDEX.jsonl"' in command
+    shards = [Shard.parse(f"{index}/{env['SHARDS']}") for index in range(job["completions"])]
+    assert {shard.index for shard in shards} == set(range(8))
+    result = subprocess.run([sys.executable, "-m", "service", *command.split()[1:3], "--help"], capture_output=True)
+    assert result.returncode == 0  # `prm annotate mc` exists
+
+
 def compose_command() -> list[str] | None:
     """`docker compose` (the v2 plugin) or, failing that, the standalone `docker-compose`; neither needs an engine."""
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
@@ -129,7 +170,7 @@ def compose_command() -> list[str] | None:
 
 @pytest.mark.skipif(compose_command() is None, reason="needs docker compose or docker-compose (no engine needed)")
 def test_docker_compose_config_validates():
-    for profile in ([], ["--profile", "annotate"], ["--profile", "cpu"]):
+    for profile in ([], ["--profile", "annotate"], ["--profile", "cpu"], ["--profile", "vllm-72b"]):
         result = subprocess.run(
             [*compose_command(), *profile, "config", "--quiet"], cwd=ROOT, capture_output=True, text=True
         )

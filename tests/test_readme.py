@@ -53,7 +53,9 @@ def test_the_readme_has_its_curl_examples():
 def test_each_curl_example_returns_what_the_readme_says(demo, path, body, expected):
     response = httpx.post(f"{demo.url}{path}", json=json.loads(body), timeout=30)
     assert response.status_code == 200, response.text
-    assert response.json() == approximately(json.loads(expected))
+    expected = json.loads(expected)
+    shown = {key: value for key, value in response.json().items() if key not in ("id", "created")}  # vary per call
+    assert shown == approximately(expected)
 
 
 def test_the_miscalculation_example_quotes_its_exact_steps_and_numbers(demo):
