@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from service.prm.random_checkpoint import build_random_checkpoint
-from tests.conftest import Server, free_port, tokenizer_corpus
+from tests.conftest import Server, free_port, tokenizer_corpus, wait_until_answering
 from tests.model_card import ModelCardPRM
 
 REPO = Path(__file__).parent.parent
@@ -48,18 +48,11 @@ class VLLM:
         libiomp = VLLM_PYTHON.parent.parent / "lib" / "libiomp5.so"
         if libiomp.exists():
             environment["LD_PRELOAD"] = str(libiomp)
-        self.log = open(self.checkpoint.parent / f"vllm-{self.port}.log", "w")  # noqa: SIM115 (closed in stop)
+        log = self.checkpoint.parent / f"vllm-{self.port}.log"
+        self.log = log.open("w")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(command, env=environment, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (self.checkpoint.parent / f"vllm-{self.port}.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError("vLLM did not start within 300 s")
+        wait_until_answering(f"{self.url}/health", self.process, log.read_text, timeout=300)  # 40-60 s here
+        return self
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGINT)
