@@ -15,9 +15,32 @@ import httpx
 import pytest
 
 from service.prm.random_checkpoint import build_random_checkpoint
+from service.store import ModelStore
 from tests.model_card import ModelCardPRM
 
+REPO = Path(__file__).parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
+DEMO_STORE = ModelStore(REPO / "model_store")  # the repository's store, with the bundled demo PRM
+README_EXAMPLE = {  # the curl example in README's Quickstart: the second step adds what was given away
+    "problem": "Ava has 25 apples. Then Ava buys 12 more apples. Then Ava gives away 9 apples. "
+    "How many apples does Ava have now?",
+    "steps": [
+        "After buying 12 more, Ava has 25 + 12 = 37 apples.",
+        "After giving away 9, Ava has 37 + 9 = 46 apples.",
+        "The answer is \\boxed{46}.",
+    ],
+}
+
+
+def run_prm(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**environment, **(env or {})},
+    )
 
 
 def load_processbench_sample() -> list[dict]:

@@ -1,24 +1,8 @@
 """`prm` as a user runs it: real subprocesses."""
 
-import subprocess
-import sys
-
 import httpx
 
-from tests.conftest import Server
-
-
-def run_prm(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**environment, **(env or {})},
-    )
+from tests.conftest import Server, run_prm
 
 
 def test_serve_without_a_model_or_a_store_default_says_how_to_pass_one(tmp_path):

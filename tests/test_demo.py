@@ -4,29 +4,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 
-from service.store import ModelStore
-from tests.conftest import Server
-
-REPO = Path(__file__).parent.parent
-STORE = ModelStore(REPO / "model_store")
-README_EXAMPLE = {  # the curl example in README's Quickstart: the second step adds what was given away
-    "problem": "Ava has 25 apples. Then Ava buys 12 more apples. Then Ava gives away 9 apples. "
-    "How many apples does Ava have now?",
-    "steps": [
-        "After buying 12 more, Ava has 25 + 12 = 37 apples.",
-        "After giving away 9, Ava has 37 + 9 = 46 apples.",
-        "The answer is \\boxed{46}.",
-    ],
-}
+from tests.conftest import DEMO_STORE, README_EXAMPLE, REPO, Server
 
 
 def test_the_demo_is_the_store_default_and_small():
-    assert STORE.default_name() == "demo-arith"
-    demo = STORE.get("demo-arith")
+    assert DEMO_STORE.default_name() == "demo-arith"
+    demo = DEMO_STORE.get("demo-arith")
     assert sum(path.stat().st_size for path in demo.path.iterdir()) <= 20 * 2**20
     manifest = json.loads((demo.path / "prm.json").read_text())
     assert manifest["version"] == demo.version and manifest["hyperparameters"]["digit_check"] == 0.5
@@ -63,7 +49,7 @@ def test_the_demo_finds_first_errors_on_a_fresh_synthetic_set(tmp_path):
 
     prm("synth", "--out", str(tmp_path), "--train", "1", "--heldout", "300", "--bon-problems", "0", "--seed", "101")
     out = tmp_path / "report.json"
-    prm("eval", "processbench", "--store", str(STORE.root), "--data", str(tmp_path / "heldout.jsonl"),
+    prm("eval", "processbench", "--store", str(DEMO_STORE.root), "--data", str(tmp_path / "heldout.jsonl"),
         "--out", str(out), "--predictions", str(tmp_path / "predictions.jsonl"), "--device", "cpu")  # fmt: skip
     report = json.loads(out.read_text())
     assert report["model"] == "demo-arith"

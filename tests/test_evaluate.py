@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from service.jobs.evaluate import bon, processbench
-from tests.conftest import FIXTURES
-from tests.test_cli import run_prm
+from tests.conftest import FIXTURES, run_prm
 
 # Scores and labels chosen so that every metric can be worked out on paper (see each assert).
 PB_ITEMS = [

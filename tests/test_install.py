@@ -15,10 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import Server
-from tests.test_demo import README_EXAMPLE, STORE
-
-REPO = Path(__file__).parent.parent
+from tests.conftest import DEMO_STORE, README_EXAMPLE, REPO, Server
 
 
 def test_pip_install_dot_serves_the_demo_from_an_empty_directory(tmp_path):
@@ -50,6 +47,6 @@ def test_pip_install_dot_serves_the_demo_from_an_empty_directory(tmp_path):
         body = httpx.post(f"{server.wait_ready().url}/score_steps", json=README_EXAMPLE, timeout=30).json()
     finally:
         server.stop()
-    assert (body["model"], body["model_version"]) == ("demo-arith", STORE.get("demo-arith").version)
+    assert (body["model"], body["model_version"]) == ("demo-arith", DEMO_STORE.get("demo-arith").version)
     right, wrong, _ = body["step_scores"]
     assert right > 0.5 and wrong < 0.1, body

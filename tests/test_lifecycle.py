@@ -9,9 +9,8 @@ import httpx
 import pytest
 
 from service.prm.random_checkpoint import build_random_checkpoint
-from tests.conftest import Server, tokenizer_corpus
+from tests.conftest import Server, run_prm, tokenizer_corpus
 from tests.model_card import ModelCardPRM
-from tests.test_cli import run_prm
 
 TOLERANCE = 1e-5
 

@@ -6,14 +6,12 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import REPO, Server
 
-REPO = Path(__file__).parent.parent
 README = (REPO / "README.md").read_text()
 # `curl -s localhost:8000/PATH -H 'content-type: application/json' [\] -d '<json>'` then `# -> <json>`
 CURL = re.compile(r"curl -s localhost:8000(/\S+) -H 'content-type: application/json' \\?\s*-d '((?s:.*?))'\n# -> (.*)")

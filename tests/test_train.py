@@ -20,8 +20,7 @@ from service.prm.loading import load_prm
 from service.prm.model import IGNORE_INDEX, Qwen2ForProcessRewardModel
 from service.prm.random_checkpoint import CHAT_TEMPLATE, SMOKE_TEST_CORPUS, build_random_causal_lm
 from service.prm.scorer import PackedScorer
-from tests.conftest import Server
-from tests.test_cli import run_prm
+from tests.conftest import Server, run_prm
 
 TINY = ScratchShape(
     hidden_size=64, layers=2, heads=2, kv_heads=1, intermediate_size=128, vocab_size=400, max_length=512

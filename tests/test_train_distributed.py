@@ -14,9 +14,8 @@ import pytest
 from safetensors.torch import load_file
 
 from service.jobs.synth import synthesize
-from tests.conftest import Server
+from tests.conftest import REPO, Server
 
-REPO = Path(__file__).parent.parent
 TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2"]
 TINY = ["--scratch-layers", "2", "--scratch-hidden-size", "32", "--scratch-intermediate-size", "64"]
 

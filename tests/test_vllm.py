@@ -16,10 +16,9 @@ import pytest
 import torch
 
 from service.prm.random_checkpoint import build_random_checkpoint
-from tests.conftest import Server, free_port, tokenizer_corpus, wait_until_answering
+from tests.conftest import REPO, Server, free_port, tokenizer_corpus, wait_until_answering
 from tests.model_card import ModelCardPRM
 
-REPO = Path(__file__).parent.parent
 VLLM_PYTHON = Path(os.environ.get("PRM_TEST_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
 pytestmark = pytest.mark.skipif(not VLLM_PYTHON.exists(), reason=f"no vLLM venv at {VLLM_PYTHON} (.ci/run makes one)")
 TOLERANCE = 1e-4  # vLLM's CPU kernels against the model card's eager float32: 3e-6 seen
