@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from service import __version__
-from service.config import Dtype, LogFormat, LogLevel, ServeConfig
-from service.jobs.cli import eval_app, publish, synth, train
+from service.config import Dtype, LogFormat, ServeConfig
+from service.jobs.cli import LogLevelOption, eval_app, publish, synth, train
 from service.jobs.data.cli import annotate_app, filter_app, generate
 from service.logs import configure_logging
 from service.prm.aggregation import Aggregation
@@ -164,7 +164,7 @@ def serve(
             "the weights here: --model then names the checkpoint whose tokenizer and config are read.",
             show_default=False,
         ),
-    ] = None,
+    ] = ServeConfig.vllm_url,
     vllm_model: Annotated[
         str | None,
         typer.Option(
@@ -172,14 +172,14 @@ def serve(
             help="The model's name on the vLLM server (default: --model as given, or its directory).",
             show_default=False,
         ),
-    ] = None,
+    ] = ServeConfig.vllm_model,
     reward_aggregation: Annotated[
         Aggregation,
         typer.Option(
             envvar="PRM_REWARD_AGGREGATION", help="How /get_reward turns a response's step scores into its reward."
         ),
     ] = ServeConfig.reward_aggregation,
-    log_level: Annotated[LogLevel, typer.Option(envvar="PRM_LOG_LEVEL", help="Log level.")] = "info",
+    log_level: LogLevelOption = "info",
     log_format: Annotated[
         LogFormat,
         typer.Option(

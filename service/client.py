@@ -104,13 +104,12 @@ class _Servers:
         url = min(self.urls, key=self._down_until.get)
         return url, self._down_until[url] - now
 
-    def failed(self, url: str, retry_after: float | None) -> float:
-        """Mark `url` down for Retry-After, else for a jittered exponential backoff; return that wait."""
+    def failed(self, url: str, retry_after: float | None) -> None:
+        """Mark `url` down for Retry-After, else for a jittered exponential backoff."""
         self._failures[url] += 1
         ceiling = min(self.max_backoff, self.backoff * 2 ** (self._failures[url] - 1))
         wait = retry_after if retry_after is not None else random.uniform(0, ceiling)
         self._down_until[url] = time.monotonic() + wait
-        return wait
 
     def succeeded(self, url: str) -> None:
         self._failures[url] = 0

@@ -50,6 +50,12 @@ class Serving:
     engine: Engine
     upstream: VLLMScorer | None = None  # with --vllm-url: the backend, whose health is the server's
 
+    def retire(self, timeout: float | None = None) -> None:
+        """Finish what the engine has queued (within `timeout`), then let go of the upstream's connections."""
+        self.engine.stop(timeout=timeout)
+        if self.upstream is not None:
+            self.upstream.close()
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -126,7 +132,7 @@ class Runtime:
             self._swap_in(self._load())
         finally:
             self._reload_lock.release()
-        old.engine.stop()  # drains what it had queued
+        old.retire()  # drains what it had queued
         return old.prm.version, self._current().prm.version
 
     def _resolve(self) -> tuple[str, str | None]:
@@ -170,19 +176,21 @@ class Runtime:
             raise CheckpointError(
                 f"vLLM at {upstream.url} serves {served}, not {wanted[0]!r}: pass --vllm-model with its name there"
             )
-        threading.Thread(target=self._poll_upstream, args=(upstream,), name="prm-upstream", daemon=True).start()
         return upstream
 
     def _poll_upstream(self, upstream: VLLMScorer) -> None:
-        while not self._stopped.wait(UPSTREAM_POLL_SECONDS):
+        """Keep `upstream.up` current while it serves; a reload that replaces it ends this loop."""
+        while not self._stopped.wait(UPSTREAM_POLL_SECONDS) and self.serving.upstream is upstream:
             was_up = upstream.up
             if upstream.poll() != was_up:
                 log.warning("the vLLM upstream %s is %s", upstream.url, "back" if upstream.up else "unreachable")
-            if self.serving is None or self.serving.upstream is not upstream:
-                return  # a reload replaced it
 
     def _swap_in(self, serving: Serving) -> None:
         self.serving = serving
+        if serving.upstream is not None:
+            threading.Thread(
+                target=self._poll_upstream, args=(serving.upstream,), name="prm-upstream", daemon=True
+            ).start()
         card = self.describe()
         self.metrics.set_model(card["id"], card["version"], card["dtype"], card["device"])
         log.info("serving %s (version %s) on %s, %s", card["id"], card["version"], card["device"], card["dtype"])
@@ -197,9 +205,7 @@ class Runtime:
         """Finish queued work (within the drain timeout), then end the worker."""
         self._stopped.set()
         if self.serving is not None:
-            self.serving.engine.stop(timeout=self.config.drain_timeout)
-            if self.serving.upstream is not None:
-                self.serving.upstream.close()
+            self.serving.retire(timeout=self.config.drain_timeout)
 
     def describe(self) -> dict:
         serving = self._current()

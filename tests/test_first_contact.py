@@ -239,3 +239,11 @@ def test_a_missing_data_file_is_one_line(tmp_path, command):
     missing = str(tmp_path / "data" / "nope.jsonl")
     result = run_prm(*command, missing)
     assert (result.returncode, result.stderr) == (2, f"error: {missing}: no such file\n")
+
+
+@pytest.mark.parametrize("command", [["serve"], ["train", "--base", "scratch", "--data", "x.jsonl", "--out", "o"]])
+def test_a_bad_log_level_is_refused_in_one_line(command):
+    result = run_prm(*command, env={"PRM_LOG_LEVEL": "loud"})
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.returncode == 2 and len(errors) == 1
+    assert "'loud' is not one of 'debug', 'info', 'warning', 'error'" in errors[0]

@@ -18,8 +18,15 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
-from service.api.errors import RequestTooLarge
-from service.api.routes import ERRORS, SCORING, check_problem, check_steps, conversations, score_request
+from service.api.routes import (
+    ERRORS,
+    SCORING,
+    check_count,
+    check_problem,
+    check_steps,
+    conversations,
+    score_request,
+)
 from service.api.schemas import Strict
 from service.prm.aggregation import aggregate
 from service.prm.errors import InvalidInput
@@ -85,8 +92,8 @@ class PoolingResponse(BaseModel):
 async def pooling(body: PoolingRequest, request: Request) -> PoolingResponse:
     """vLLM's `/pooling` (task `token_classify`): `[p_negative, p_positive]` at every step separator."""
     runtime = request.app.state.runtime
-    if body.model is not None and body.model != runtime.describe()["id"]:
-        served = runtime.describe()["id"]
+    served = runtime.describe()["id"]
+    if body.model is not None and body.model != served:
         raise InvalidInput("model", f"{body.model!r} is not served here; this server serves {served!r}")
     if body.truncate_prompt_tokens is not None:
         raise InvalidInput("truncate_prompt_tokens", "is not supported: nothing is ever truncated here")
@@ -96,9 +103,7 @@ async def pooling(body: PoolingRequest, request: Request) -> PoolingResponse:
     inputs = [body.input] if single else body.input
     if not inputs:
         raise InvalidInput("input", "must not be empty")
-    limit = runtime.config.max_items_per_request
-    if len(inputs) > limit:
-        raise RequestTooLarge("input", f"has {len(inputs)} entries; at most {limit} are accepted per request")
+    check_count(runtime, "input", len(inputs))
     fields = ["input"] if single else [f"input[{index}]" for index in range(len(inputs))]
 
     def encode(prm):
@@ -161,9 +166,7 @@ def response_of(query: str, prompt: str) -> str:
 async def get_reward(body: RewardRequest, request: Request) -> RewardResponse:
     """OpenRLHF's remote reward: the aggregated step score of each response (`--reward-aggregation`)."""
     runtime = request.app.state.runtime
-    limit = runtime.config.max_items_per_request
-    if len(body.query) > limit:
-        raise RequestTooLarge("query", f"has {len(body.query)} entries; at most {limit} are accepted per request")
+    check_count(runtime, "query", len(body.query))
     if body.prompts is None or len(body.prompts) != len(body.query):
         given = "none" if body.prompts is None else len(body.prompts)
         raise InvalidInput("prompts", f"must give one prompt per query ({len(body.query)}), not {given}")

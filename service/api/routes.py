@@ -67,6 +67,13 @@ def _timeout(request: Request) -> float | None:
     return seconds
 
 
+def check_count(runtime: Runtime, field: str, count: int) -> None:
+    """At most --max-items-per-request items, candidates or inputs in one request."""
+    limit = runtime.config.max_items_per_request
+    if count > limit:
+        raise RequestTooLarge(field, f"has {count} entries; at most {limit} are accepted per request")
+
+
 def check_problem(runtime: Runtime, field: str, problem: str) -> None:
     """Size limit that keeps a pathological problem away from the tokenizer."""
     limit = runtime.config.max_problem_chars
@@ -117,9 +124,7 @@ async def score_steps(body: ScoreStepsRequest, request: Request) -> ScoreStepsRe
     """Score every step of one solution, or of a batch of solutions (`items`)."""
     runtime = _runtime(request)
     items = body.as_items()
-    limit = runtime.config.max_items_per_request
-    if len(items) > limit:
-        raise RequestTooLarge("items", f"has {len(items)} entries; at most {limit} are accepted per request")
+    check_count(runtime, "items", len(items))
     names = [f"items[{index}]" for index in range(len(items))] if body.items is not None else [""]
     inputs = []
     for name, item in zip(names, items, strict=True):
@@ -145,9 +150,7 @@ async def score_steps(body: ScoreStepsRequest, request: Request) -> ScoreStepsRe
 async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
     """Rank candidate solutions of one problem by their aggregated step scores, best first."""
     runtime = _runtime(request)
-    limit = runtime.config.max_items_per_request
-    if len(body.candidates) > limit:
-        raise RequestTooLarge("candidates", f"has {len(body.candidates)} entries; at most {limit} are accepted")
+    check_count(runtime, "candidates", len(body.candidates))
     validate_context(body.problem, body.system)
     check_problem(runtime, "problem", body.problem)
     items = []

@@ -1,7 +1,6 @@
 """`prm synth`, `prm train`, `prm eval processbench|bon` and `prm publish`: the model half of the refresh loop."""
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from service.config import Dtype, SaveDtype
+from service.config import Dtype, LogLevel, SaveDtype
 from service.logs import configure_logging, process_rank
 from service.store import DEFAULT_STORE, ModelStore
 
@@ -41,6 +40,7 @@ DtypeOption = Annotated[
         help="auto (the checkpoint's dtype on GPU, float32 on CPU), float32, bfloat16 or float16.",
     ),
 ]
+LogLevelOption = Annotated[LogLevel, typer.Option(envvar="PRM_LOG_LEVEL", help="Log level.")]
 BatchTokensOption = Annotated[
     int | None,
     typer.Option(
@@ -163,6 +163,7 @@ def train(
     scratch_intermediate_size: Annotated[int, typer.Option(help="MLP width of a scratch model.")] = 192,
     scratch_vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary of a scratch model.")] = 512,
     scratch_max_length: Annotated[int, typer.Option(help="Maximum positions of a scratch model.")] = 1024,
+    log_level: LogLevelOption = "info",
 ) -> None:
     """Train a PRM on stepwise supervision: cross-entropy on the two head logits at step separators only.
 
@@ -176,7 +177,7 @@ def train(
     from service.jobs.train.run import TrainOptions, train_and_evaluate
 
     main_process = process_rank() == 0  # under torchrun / accelerate launch, only rank 0 logs and prints
-    configure_logging(os.environ.get("PRM_LOG_LEVEL", "info") if main_process else "error")
+    configure_logging(log_level if main_process else "error")
     options = TrainOptions(
         base=base,
         data=data,

@@ -41,8 +41,11 @@ def read_records(source: str | Path, split: str = "train") -> list[dict]:
 def load_hub_dataset(source: str, split: str | None = None):
     """The Hub dataset `source` (one split, or all as a dict), or an InputError in one line: a path that is
     not there, an id that is not Org/Name, or a dataset that cannot be reached (offline, unknown id)."""
-    if Path(source).suffix in (".json", ".jsonl") or Path(source).exists():
-        raise InputError(f"{source}: no such file" if not Path(source).exists() else f"{source}: not a file")
+    path = Path(source)
+    if path.exists():
+        raise InputError(f"{source}: not a file")
+    if path.suffix in (".json", ".jsonl"):
+        raise InputError(f"{source}: no such file")
     if source.count("/") != 1:
         raise InputError(f"{source} is neither a JSON/JSONL file nor a Hub dataset id like Org/Name")
     from datasets import load_dataset

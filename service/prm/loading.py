@@ -47,6 +47,10 @@ def resolve_dtype(dtype: str, device: torch.device, config: dict) -> torch.dtype
         return getattr(torch, dtype)
     if device.type == "cpu":
         return torch.float32
+    return _checkpoint_dtype(config)
+
+
+def _checkpoint_dtype(config: dict) -> torch.dtype:
     return getattr(torch, config.get("torch_dtype") or config.get("dtype") or "bfloat16")
 
 
@@ -71,21 +75,28 @@ def load_prm(source: str, device: str = "auto", dtype: str = "auto", name: str |
     if info["missing_keys"]:
         raise CheckpointError(f"{path} lacks weights for {sorted(info['missing_keys'])[:5]} (and maybe more)")
     model.to(target_device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    formatter = PRMFormatter(tokenizer, max_length=model.config.max_position_embeddings)
-    version = revision[:12] if revision else _local_version(path)
-    return LoadedPRM(model, formatter, name, version, path, target_device, target_dtype)
+    formatter = _formatter(path, model.config.max_position_embeddings)
+    return LoadedPRM(model, formatter, name, _version(path, revision), path, target_device, target_dtype)
 
 
 def load_tokenizer(source: str, name: str | None = None) -> LoadedPRM:
     """Only what a front for an upstream vLLM server needs: config, tokenizer, name and version; no weights."""
     path, default_name, revision = resolve_checkpoint(source, weights=False)
     config = read_config(path, weights=False)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    formatter = PRMFormatter(tokenizer, max_length=config["max_position_embeddings"])
-    version = revision[:12] if revision else _local_version(path)
-    dtype = getattr(torch, config.get("torch_dtype") or config.get("dtype") or "bfloat16")
-    return LoadedPRM(None, formatter, name or default_name, version, path, torch.device("cpu"), dtype)
+    formatter = _formatter(path, config["max_position_embeddings"])
+    version = _version(path, revision)
+    return LoadedPRM(
+        None, formatter, name or default_name, version, path, torch.device("cpu"), _checkpoint_dtype(config)
+    )
+
+
+def _formatter(path: Path, max_length: int) -> PRMFormatter:
+    return PRMFormatter(AutoTokenizer.from_pretrained(path, local_files_only=True), max_length=max_length)
+
+
+def _version(path: Path, revision: str | None) -> str:
+    """The Hub commit for a Hub snapshot, else the directory's own version (`_local_version`)."""
+    return revision[:12] if revision else _local_version(path)
 
 
 def _local_version(path: Path) -> str:
