@@ -118,7 +118,7 @@ def install_missing(wheels: Path | None) -> None:
 
 
 def build(path: Path, shape: str, device: str) -> Path:
-    from service.prm.random_checkpoint import SMOKE_TEST_CORPUS, build_random_checkpoint
+    from tests.checkpoints import SMOKE_TEST_CORPUS, build_random_checkpoint
 
     if not (path / "config.json").exists():
         started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Helpers the benchmark scripts share: timing and a `prm serve` process."""
+"""What the benchmark scripts share: timing, a `prm serve` process, and the tests' builders on the path."""
 
 import statistics
 import subprocess
@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
+sys.path.insert(0, str(ROOT))  # the scripts run as files; the checkpoint builders and helpers are in tests/
 
 
 def median_seconds(run, repeats: int = 3) -> float:
@@ -32,16 +33,6 @@ def start_prm_serve(checkpoint: Path, port: int, *flags: str) -> subprocess.Pope
 
 
 def wait_ready(port: int, process: subprocess.Popen, timeout: float = 900) -> None:
-    import httpx  # late: bench_throughput.py may install it from wheels first
+    from tests.helpers import wait_until_answering  # late: bench_throughput.py may install httpx from wheels first
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server on port {port} exited with {process.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the server on port {port} did not become ready in {timeout:.0f} s")
+    wait_until_answering(f"http://127.0.0.1:{port}/ready", process, timeout=timeout)

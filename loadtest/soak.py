@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 from common import start_prm_serve, wait_ready
 
-from service.prm.random_checkpoint import build_random_checkpoint
+from tests.checkpoints import build_random_checkpoint
 
 HERE = Path(__file__).parent
 

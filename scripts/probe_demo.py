@@ -27,8 +27,8 @@ from service.jobs.evaluate.processbench import as_scoring_input, first_below, lo
 from service.jobs.evaluate.run import EvalModel
 from service.jobs.evaluate.scoring import score_items
 from service.jobs.train.data import encode_records, parse_records
+from service.jobs.train.objective import IGNORE_INDEX, Qwen2PRMForTraining
 from service.prm.formatting import ScoringInput
-from service.prm.model import IGNORE_INDEX, Qwen2ForProcessRewardModel
 
 COMPUTATION = re.compile(r"(\d+) ([-+×÷]) (\d+) = (\d+)")
 
@@ -89,7 +89,7 @@ def addition_sensitivity(prm) -> dict[int, list[float]]:
 
 
 @torch.inference_mode()
-def result_digit_accuracy(prm, model: Qwen2ForProcessRewardModel, items: list[dict]) -> dict:
+def result_digit_accuracy(prm, model: Qwen2PRMForTraining, items: list[dict]) -> dict:
     """Teacher-forced next-token accuracy on the digits after each `=` of the correct solutions."""
     tokenizer = prm.formatter.tokenizer
     equals = tokenizer.convert_tokens_to_ids("Ġ=")
@@ -113,7 +113,7 @@ def result_digit_accuracy(prm, model: Qwen2ForProcessRewardModel, items: list[di
 
 
 @torch.inference_mode()
-def replaced_digit_auc(prm, model: Qwen2ForProcessRewardModel, items: list[dict]) -> dict:
+def replaced_digit_auc(prm, model: Qwen2PRMForTraining, items: list[dict]) -> dict:
     """Per operation: AUCs of the score at a replaced last digit of a result (one per correct solution, as
     `prm train --digit-check` replaces it) and at its step's separator, each against the same position of
     the solution as written. Compared at the same position, so that a place where the model is unsure of
@@ -156,7 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     (items,) = load_subsets([args.heldout]).values()
     prm = EvalModel(args.model, device="cpu").load()
-    unpacked = Qwen2ForProcessRewardModel.from_pretrained(prm.path).eval()  # the served one attends packed batches
+    unpacked = Qwen2PRMForTraining.from_pretrained(prm.path).eval()  # the served one attends packed batches
     scores = score_items(prm, [(item["id"], as_scoring_input(item)) for item in items], desc="scoring")
 
     print(f"first error found at threshold {args.threshold} (found / items)")

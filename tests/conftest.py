@@ -1,55 +1,12 @@
 """Shared fixtures: a tiny checkpoint in the exact Hub layout, the reference scorer, a live server."""
 
-import json
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
-from service.prm.random_checkpoint import build_random_checkpoint
-from service.store import ModelStore
+from tests.checkpoints import build_random_checkpoint
+from tests.helpers import Server, load_processbench_sample, tokenizer_corpus
 from tests.model_card import ModelCardPRM
-
-REPO = Path(__file__).parent.parent
-FIXTURES = Path(__file__).parent / "fixtures"
-DEMO_STORE = ModelStore(REPO / "model_store")  # the repository's store, with the bundled demo PRM
-README_EXAMPLE = {  # the curl example in README's Quickstart: the second step adds what was given away
-    "problem": "Ava has 25 apples. Then Ava buys 12 more apples. Then Ava gives away 9 apples. "
-    "How many apples does Ava have now?",
-    "steps": [
-        "After buying 12 more, Ava has 25 + 12 = 37 apples.",
-        "After giving away 9, Ava has 37 + 9 = 46 apples.",
-        "The answer is \\boxed{46}.",
-    ],
-}
-
-
-def run_prm(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**environment, **(env or {})},
-    )
-
-
-def load_processbench_sample() -> list[dict]:
-    return json.loads((FIXTURES / "processbench_sample.json").read_text())
-
-
-def tokenizer_corpus() -> list[str]:
-    items = load_processbench_sample()
-    return [item["problem"] for item in items] + [step for item in items for step in item["steps"]]
 
 
 @pytest.fixture(scope="session")
@@ -65,82 +22,6 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def reference(checkpoint) -> ModelCardPRM:
     return ModelCardPRM(checkpoint)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_answering(url: str, process: subprocess.Popen, output: Callable[[], str], timeout: float) -> None:
-    """Poll `url` until it answers 200; fail at once, with the process's output, if the process exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}: {output()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout} s")
-
-
-class Server:
-    """`prm serve` in a real subprocess on loopback."""
-
-    def __init__(
-        self,
-        *args: str,
-        env: dict | None = None,
-        cwd: Path | None = None,
-        prm: list[str] | None = None,
-        port: int | None = None,
-    ):
-        """`prm`: the command that runs `prm` (default: this interpreter's `python -m service`)."""
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [*(prm or [sys.executable, "-m", "service"]), "serve", "--port", str(self.port), *args]
-        # A file, not a pipe: under load the access log would fill a pipe nobody reads and stall the server.
-        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed with the Server object)
-        self.process = subprocess.Popen(
-            command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT, text=True
-        )
-
-    def output(self) -> str:
-        """Everything the server has printed so far."""
-        self.log.seek(0)
-        return self.log.read()
-
-    def wait_ready(self, timeout: float = 60) -> "Server":
-        wait_until_answering(f"{self.url}/ready", self.process, self.output, timeout)
-        return self
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
-
-@contextmanager
-def serve_in_thread(app):
-    """Serve an ASGI app with uvicorn on loopback in this process; yields its URL once it listens."""
-    import threading
-
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import torch
 
 from service.prm.checkpoint import CheckpointError
 from service.prm.loading import load_prm
-from service.prm.random_checkpoint import build_random_checkpoint
-from tests.conftest import tokenizer_corpus
+from tests.checkpoints import build_random_checkpoint
+from tests.helpers import tokenizer_corpus
 
 
 def test_loads_the_hub_layout_without_running_its_code(checkpoint):

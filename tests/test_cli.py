@@ -2,7 +2,7 @@
 
 import httpx
 
-from tests.conftest import Server, run_prm
+from tests.helpers import Server, run_prm
 
 
 def test_serve_without_a_model_or_a_store_default_says_how_to_pass_one(tmp_path):

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from service.client import AsyncPRMClient, PRMClient, PRMError
-from tests.conftest import Server, free_port, serve_in_thread
+from tests.helpers import Server, free_port, serve_in_thread
 
 TOLERANCE = 1e-5
 

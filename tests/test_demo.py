@@ -7,7 +7,7 @@ import sys
 
 import httpx
 
-from tests.conftest import DEMO_STORE, README_EXAMPLE, REPO, Server
+from tests.helpers import DEMO_STORE, README_EXAMPLE, REPO, Server
 
 
 def test_the_demo_is_the_store_default_and_small():

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from service.jobs.evaluate import bon, processbench
-from tests.conftest import FIXTURES, run_prm
+from tests.helpers import FIXTURES, run_prm
 
 # Scores and labels chosen so that every metric can be worked out on paper (see each assert).
 PB_ITEMS = [

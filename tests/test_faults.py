@@ -19,7 +19,7 @@ from service.prm.errors import DeviceOutOfMemory
 from service.prm.formatting import ScoringInput
 from service.prm.loading import load_prm
 from service.prm.scorer import PackedScorer
-from tests.conftest import serve_in_thread
+from tests.helpers import serve_in_thread
 
 TOLERANCE = 1e-5
 

@@ -9,7 +9,7 @@ import pytest
 
 from service.api.app import create_app
 from service.config import ServeConfig
-from tests.conftest import Server, run_prm, serve_in_thread
+from tests.helpers import Server, run_prm, serve_in_thread
 
 TOLERANCE = 1e-5
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import DEMO_STORE, README_EXAMPLE, REPO, Server
+from tests.helpers import DEMO_STORE, README_EXAMPLE, REPO, Server
 
 
 def test_pip_install_dot_serves_the_demo_from_an_empty_directory(tmp_path):

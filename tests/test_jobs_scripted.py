@@ -9,8 +9,9 @@ from typer.testing import CliRunner
 
 from service.cli import app
 from service.jobs.data.records import Shard
-from service.prm.random_checkpoint import SMOKE_TEST_CORPUS, train_tokenizer
-from tests.conftest import free_port, serve_in_thread
+from service.jobs.train.scratch import train_tokenizer
+from tests.checkpoints import SMOKE_TEST_CORPUS
+from tests.helpers import free_port, serve_in_thread
 from tests.scripted_openai import MODEL, scripted_app
 
 RESPONSES = [

@@ -6,16 +6,15 @@ import json
 import os
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.prm.random_checkpoint import SMOKE_TEST_CORPUS, build_random_causal_lm
-from tests.conftest import free_port
+from tests.checkpoints import SMOKE_TEST_CORPUS, build_random_causal_lm
+from tests.helpers import free_port, wait_until_answering
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROBLEMS = FIXTURES / "gsm8k_test_head.jsonl"  # 3 problems
@@ -41,6 +40,7 @@ def policy(tmp_path_factory) -> Path:
 def transformers_serve(policy):
     """`transformers serve` pinned to the tiny model; yields its /v1 URL."""
     port = free_port()
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (read by the poll, closed with the fixture)
     process = subprocess.Popen(
         [
             sys.executable,
@@ -57,22 +57,14 @@ def transformers_serve(policy):
         ],
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"transformers serve exited with {process.returncode}: {process.stderr.read()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, "transformers serve did not start"
-            time.sleep(0.2)
+    wait_until_answering(f"http://127.0.0.1:{port}/health", process, lambda: log.seek(0) or log.read(), timeout=120)
     yield f"http://127.0.0.1:{port}/v1"
     process.terminate()
     process.wait(timeout=30)
+    log.close()
 
 
 def check_pipeline(tmp_path: Path, policy: Path, backend: list, honours_n: bool) -> dict:

@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from service.prm.random_checkpoint import build_random_checkpoint
-from tests.conftest import Server, run_prm, tokenizer_corpus
+from tests.checkpoints import build_random_checkpoint
+from tests.helpers import Server, run_prm, tokenizer_corpus
 from tests.model_card import ModelCardPRM
 
 TOLERANCE = 1e-5

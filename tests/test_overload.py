@@ -9,7 +9,7 @@ import pytest
 from service.engine import Engine, Overloaded
 from service.metrics import Metrics
 from service.prm.formatting import EncodedItem
-from tests.conftest import Server
+from tests.helpers import Server
 
 
 class NeverCalled:

@@ -123,11 +123,11 @@ def test_cuda_varlen_layout_matches_the_per_segment_path(prm, processbench_items
     """The CUDA branch's gathered keys and cumulative lengths, checked on the CPU against the kernel's semantics."""
     import torch
 
-    from service.prm import packing
+    from service.prm import attention
 
-    monkeypatch.setattr(packing, "_varlen_attn", reference_varlen_attn)
-    monkeypatch.setattr(packing, "_VARLEN_OPTIONS", {"enable_gqa": True} if gqa else {})
-    monkeypatch.setattr(packing, "_VARLEN_GQA", gqa)
+    monkeypatch.setattr(attention, "_varlen_attn", reference_varlen_attn)
+    monkeypatch.setattr(attention, "_VARLEN_OPTIONS", {"enable_gqa": True} if gqa else {})
+    monkeypatch.setattr(attention, "_VARLEN_GQA", gqa)
     problem = processbench_items[7]["problem"]
     items = [prm.formatter.encode(ScoringInput(problem, item["steps"])) for item in processbench_items[:5]]
     items.append(prm.formatter.encode(ScoringInput(processbench_items[8]["problem"], ["a"])))
@@ -137,6 +137,6 @@ def test_cuda_varlen_layout_matches_the_per_segment_path(prm, processbench_items
     torch.manual_seed(0)
     query = torch.randn(1, heads, rows, dim)
     key, value = torch.randn(1, kv_heads, rows, dim), torch.randn(1, kv_heads, rows, dim)
-    expected, _ = packing.packed_attention(None, query, key, value, None, 0.25, packed=batch)
-    got = packing._varlen(query, key, value, 0.25, batch)
+    expected, _ = attention.packed_attention(None, query, key, value, None, 0.25, packed=batch)
+    got = attention._varlen(query, key, value, 0.25, batch)
     assert torch.allclose(got, expected, atol=1e-5)

@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import REPO, Server
+from tests.helpers import REPO, Server
 
 README = (REPO / "README.md").read_text()
 # `curl -s localhost:8000/PATH -H 'content-type: application/json' [\] -d '<json>'` then `# -> <json>`

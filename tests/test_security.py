@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.helpers import Server
 
 API, ADMIN = "api-key-1", "admin-key-1"
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from service.store import ModelStore, StoreError, resolve_model
-from tests.conftest import run_prm
+from tests.helpers import run_prm
 
 
 def test_publish_numbers_versions_and_copies_only_what_a_server_reads(checkpoint, tmp_path):

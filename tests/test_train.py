@@ -14,13 +14,14 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from service.jobs.synth import synthesize
 from service.jobs.train.backbone import ScratchShape
 from service.jobs.train.data import RecordError, StepwiseDataset, collate, encode_records, parse_records
+from service.jobs.train.objective import IGNORE_INDEX, Qwen2PRMForTraining
 from service.jobs.train.run import TrainOptions, build_trainer, train_and_evaluate
+from service.jobs.train.scratch import CHAT_TEMPLATE
 from service.prm.formatting import STEP_SEPARATOR, PRMFormatter, ScoringInput
 from service.prm.loading import load_prm
-from service.prm.model import IGNORE_INDEX, Qwen2ForProcessRewardModel
-from service.prm.random_checkpoint import CHAT_TEMPLATE, SMOKE_TEST_CORPUS, build_random_causal_lm
 from service.prm.scorer import PackedScorer
-from tests.conftest import Server, run_prm
+from tests.checkpoints import SMOKE_TEST_CORPUS, build_random_causal_lm
+from tests.helpers import Server, run_prm
 
 TINY = ScratchShape(
     hidden_size=64, layers=2, heads=2, kv_heads=1, intermediate_size=128, vocab_size=400, max_length=512
@@ -65,7 +66,7 @@ def test_the_trained_checkpoint_scores_identically_in_and_out_of_the_service(tra
     served_in_process = PackedScorer(prm).score([prm.formatter.encode(item) for item in inputs]).scores
 
     # the training code's own forward (padded, sdpa), one conversation at a time
-    model = Qwen2ForProcessRewardModel.from_pretrained(result.out, dtype=torch.float32).eval()
+    model = Qwen2PRMForTraining.from_pretrained(result.out, dtype=torch.float32).eval()
     for encoded, scores in zip((prm.formatter.encode(item) for item in inputs), served_in_process, strict=True):
         with torch.no_grad():
             logits = model(torch.tensor([encoded.input_ids])).logits[0, encoded.separator_positions]
@@ -188,7 +189,7 @@ def test_the_lm_loss_teaches_next_tokens_and_saves_nothing_extra(tmp_path, train
     assert json.loads((with_lm.out / "prm.json").read_text())["hyperparameters"]["lm_loss"] is True
 
     def next_token_accuracy(out):
-        prm, model = load_prm(str(out), device="cpu"), Qwen2ForProcessRewardModel.from_pretrained(out).eval()
+        prm, model = load_prm(str(out), device="cpu"), Qwen2PRMForTraining.from_pretrained(out).eval()
         records = parse_records([json.loads(line) for line in data["train"].read_text().splitlines()])
         hits = total = 0
         for example in encode_records(records, prm.formatter).examples:
@@ -206,7 +207,7 @@ def test_the_lm_loss_teaches_next_tokens_and_saves_nothing_extra(tmp_path, train
 def test_the_lm_loss_averages_over_accumulated_micro_batches_like_one_batch(trained):
     result, data = trained
     prm = load_prm(str(result.out), device="cpu")
-    model = Qwen2ForProcessRewardModel.from_pretrained(result.out).eval()
+    model = Qwen2PRMForTraining.from_pretrained(result.out).eval()
     records = parse_records([json.loads(line) for line in data["train"].read_text().splitlines()[:2]])
     examples = encode_records(records, prm.formatter).examples
     dataset, pad = StepwiseDataset(examples, lm_loss=True), collate(prm.formatter.tokenizer.pad_token_id)
@@ -280,7 +281,7 @@ def test_a_digit_check_copy_replaces_the_last_digit_of_a_result_in_a_step_before
 def test_the_digit_check_loss_is_the_score_head_at_every_checked_token(trained):
     result, data = trained
     prm = load_prm(str(result.out), device="cpu")
-    model = Qwen2ForProcessRewardModel.from_pretrained(result.out).eval()
+    model = Qwen2PRMForTraining.from_pretrained(result.out).eval()
     records = parse_records([json.loads(line) for line in data["train"].read_text().splitlines()[:3]])
     examples = encode_records(records, prm.formatter, digit_check=1.0).examples
     pad = collate(prm.formatter.tokenizer.pad_token_id)

@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from service.jobs.synth import synthesize
-from tests.conftest import REPO, Server
+from tests.helpers import REPO, Server
 
 TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2"]
 TINY = ["--scratch-layers", "2", "--scratch-hidden-size", "32", "--scratch-intermediate-size", "64"]

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import torch
 
-from service.prm.random_checkpoint import build_random_checkpoint
-from tests.conftest import REPO, Server, free_port, tokenizer_corpus, wait_until_answering
+from tests.checkpoints import build_random_checkpoint
+from tests.helpers import REPO, Server, free_port, tokenizer_corpus, wait_until_answering
 from tests.model_card import ModelCardPRM
 
 VLLM_PYTHON = Path(os.environ.get("PRM_TEST_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))

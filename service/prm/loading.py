@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from service.prm.attention import ATTENTION_NAME
 from service.prm.checkpoint import CheckpointError, read_config, resolve_checkpoint
 from service.prm.formatting import PRMFormatter
 from service.prm.model import Qwen2ForProcessRewardModel
-from service.prm.packing import ATTENTION_NAME
 
 FAMILY = "qwen2-prm"
 _FINGERPRINT_BYTES = 1 << 20

@@ -1,23 +1,18 @@
 """Padding-free batches: many sequences concatenated into one row, shared prefixes computed once.
 
-Linear layers see one dense row (no padding FLOPs). Attention runs per segment: each
-sequence attends causally to its own tokens and, when it continues a prefix that other
-sequences in the batch share (the same problem and system prompt, a partial solution),
-to that prefix's keys and values, which are computed only once. Every sequence gets
-exactly the attention it would get alone. On CUDA one `varlen_attn` call covers all
-segments; elsewhere scaled-dot-product attention runs per segment with the same semantics.
+Linear layers see one dense row (no padding FLOPs). Attention runs per segment
+(service.prm.attention): each sequence attends causally to its own tokens and, when it
+continues a prefix that other sequences in the batch share (the same problem and system
+prompt, a partial solution), to that prefix's keys and values, which are computed only
+once. Every sequence gets exactly the attention it would get alone.
 """
 
-import inspect
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
-from transformers import AttentionInterface
 
 from service.prm.formatting import EncodedItem
 
-ATTENTION_NAME = "prm_packed"
 # Below this many tokens a shared prefix is not worth the extra attention bookkeeping.
 MIN_SHARED_PREFIX = 64
 
@@ -166,79 +161,3 @@ def _cumulative(lengths: list[int]) -> list[int]:
 def _tensor(data: list, dtype: torch.dtype, pin: bool) -> torch.Tensor:
     tensor = torch.tensor(data, dtype=dtype)
     return tensor.pin_memory() if pin else tensor
-
-
-def packed_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    packed: PackedBatch | None = None,
-    **_: object,
-) -> tuple[torch.Tensor, None]:
-    """Attention within each packed segment; (1, heads, rows, d) in, (1, rows, heads, d) out."""
-    if packed is None:
-        raise RuntimeError(f"the {ATTENTION_NAME} attention needs a PackedBatch passed as `packed=`")
-    if query.is_cuda and _varlen_attn is not None:
-        return _varlen(query, key, value, scaling, packed), None
-    outputs = []
-    for segment in packed.segments:
-        own = slice(segment.start, segment.end)
-        if segment.context is None:
-            k, v, mask, causal = key[:, :, own], value[:, :, own], None, True
-        else:
-            prefix = slice(*segment.context)
-            k = torch.cat([key[:, :, prefix], key[:, :, own]], dim=2)
-            v = torch.cat([value[:, :, prefix], value[:, :, own]], dim=2)
-            context = segment.context[1] - segment.context[0]
-            mask = torch.ones(segment.end - segment.start, k.shape[2], dtype=torch.bool, device=query.device)
-            mask, causal = mask.tril(diagonal=context), False
-        outputs.append(
-            F.scaled_dot_product_attention(
-                query[:, :, own], k, v, attn_mask=mask, is_causal=causal, scale=scaling, enable_gqa=True
-            )
-        )
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
-
-
-def _varlen(query, key, value, scaling: float, packed: PackedBatch) -> torch.Tensor:
-    """One flash varlen call; with seqlen_k > seqlen_q its causal mask is bottom-right aligned,
-    so a continuation sees its whole prefix."""
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (rows, heads, d)
-    if packed.kv_index is not None:
-        k, v = k.index_select(0, packed.kv_index), v.index_select(0, packed.kv_index)
-    if not _VARLEN_GQA and k.shape[1] != q.shape[1]:
-        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
-    out = _varlen_attn(
-        q,
-        k,
-        v,
-        packed.cu_seqlens_q,
-        packed.cu_seqlens_k,
-        packed.max_length_q,
-        packed.max_length_k,
-        scale=scaling,
-        **_VARLEN_OPTIONS,
-    )
-    return out.unsqueeze(0)
-
-
-def _load_varlen() -> tuple[object | None, dict, bool]:
-    """torch's flash varlen kernel (torch >= 2.10) and the keywords this version takes for causal and GQA."""
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None, {}, False
-    parameters = inspect.signature(varlen_attn).parameters
-    options = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
-    gqa = "enable_gqa" in parameters
-    if gqa:
-        options["enable_gqa"] = True
-    return varlen_attn, options, gqa
-
-
-_varlen_attn, _VARLEN_OPTIONS, _VARLEN_GQA = _load_varlen()
-AttentionInterface.register(ATTENTION_NAME, packed_attention)

@@ -17,10 +17,10 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from service.jobs.train.data import Labelled
-from service.prm.checkpoint import resolve_checkpoint
+from service.jobs.train.objective import Qwen2PRMForTraining
+from service.jobs.train.scratch import CHAT_TEMPLATE, small_qwen2_config, train_tokenizer
+from service.prm.checkpoint import ARCHITECTURE, resolve_checkpoint
 from service.prm.formatting import DEFAULT_SYSTEM, STEP_SEPARATOR
-from service.prm.model import Qwen2ForProcessRewardModel
-from service.prm.random_checkpoint import CHAT_TEMPLATE, small_qwen2_config, train_tokenizer
 
 SCRATCH = "scratch"
 
@@ -53,7 +53,7 @@ def prepare(base: str, corpus: list[str], shape: ScratchShape, seed: int):
     if config.get("model_type") != "qwen2":
         raise BaseModelError(f"{base} is a {config.get('model_type')!r} model; prm train starts from Qwen2 models")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = Qwen2ForProcessRewardModel.from_pretrained(
+    model = Qwen2PRMForTraining.from_pretrained(
         path, dtype=torch.float32, use_safetensors=True, local_files_only=True, attn_implementation="sdpa"
     )
     _ensure_separator(tokenizer, model)
@@ -72,10 +72,10 @@ def _from_scratch(corpus: list[str], shape: ScratchShape):
         max_position_embeddings=shape.max_length,
         attn_implementation="sdpa",
     )
-    return Qwen2ForProcessRewardModel(config), tokenizer
+    return Qwen2PRMForTraining(config), tokenizer
 
 
-def _ensure_separator(tokenizer: PreTrainedTokenizerBase, model: Qwen2ForProcessRewardModel) -> None:
+def _ensure_separator(tokenizer: PreTrainedTokenizerBase, model: Qwen2PRMForTraining) -> None:
     """Add `<extra_0>` (and a ChatML template) where a causal LM's tokenizer lacks them."""
     if tokenizer.convert_tokens_to_ids(STEP_SEPARATOR) in (None, tokenizer.unk_token_id):
         tokenizer.add_tokens([STEP_SEPARATOR], special_tokens=True)
@@ -98,6 +98,6 @@ def output_config_fixups(out_dir: Path) -> None:
     """Name the PRM architecture and drop remote-code pointers, so vLLM and `prm serve` load the output."""
     path = out_dir / "config.json"
     config = json.loads(path.read_text())
-    config["architectures"] = ["Qwen2ForProcessRewardModel"]
+    config["architectures"] = [ARCHITECTURE]  # the training subclass saves under its own name
     config.pop("auto_map", None)
     path.write_text(json.dumps(config, indent=2) + "\n")

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from service.jobs.train.objective import IGNORE_INDEX
 from service.prm.errors import InputTooLong, InvalidInput
 from service.prm.formatting import EncodedItem, PRMFormatter, ScoringInput
-from service.prm.model import IGNORE_INDEX
 
 DIGITS = set("0123456789")
 

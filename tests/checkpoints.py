@@ -1,8 +1,7 @@
-"""Build a Qwen2.5-Math-PRM-layout checkpoint with random weights.
+"""Checkpoints the tests and benchmarks build: random weights, exactly the files a Hub checkpoint has.
 
-Used by the tests and the benchmarks (tiny on CPU, 7B-shaped on a GPU box): no
-download, yet exactly the files a Hub checkpoint has, down to the remote-code files
-the service must never execute.
+No download, yet the Qwen2.5-Math-PRM-7B layout down to its remote-code files, which here raise if
+anything executes them (prm-service must never): tiny on CPU, 7B-shaped on a GPU box.
 """
 
 import json
@@ -10,54 +9,14 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from service.prm.formatting import DEFAULT_SYSTEM, STEP_SEPARATOR
+from service.jobs.train.scratch import padded_vocab_size, small_qwen2_config, train_tokenizer
+from service.prm.checkpoint import ARCHITECTURE
 from service.prm.model import Qwen2ForProcessRewardModel
-
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-
-# The ChatML template of Qwen2.5-Math (tool calls left out: a PRM never sees them).
-CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM.replace("\\", "\\\\") + "<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if message.role != 'system' or not loop.first %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
 
 REMOTE_CODE_FILES = ("modeling_qwen2_rm.py", "configuration_qwen2_rm.py")
 REMOTE_CODE = 'raise RuntimeError("remote checkpoint code was executed; prm-service must never do that")\n'
-
-
-def train_tokenizer(corpus: list[str], vocab_size: int = 512, step_separator: bool = True) -> PreTrainedTokenizerFast:
-    """A byte-level BPE like Qwen's (digits split one by one) with the ChatML and (optionally) step tokens."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=[STEP_SEPARATOR] if step_separator else [],
-        chat_template=CHAT_TEMPLATE,
-    )
 
 
 def build_random_checkpoint(
@@ -90,10 +49,10 @@ def build_random_checkpoint(
     _match_hub_tokenizer_config(out_dir)
 
     config = {
-        "architectures": ["Qwen2ForProcessRewardModel"],
+        "architectures": [ARCHITECTURE],
         "auto_map": {
             "AutoConfig": "configuration_qwen2_rm.Qwen2RMConfig",
-            "AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel",
+            "AutoModel": f"modeling_qwen2_rm.{ARCHITECTURE}",
         },
         "attention_dropout": 0.0,
         "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
@@ -117,7 +76,7 @@ def build_random_checkpoint(
         "use_cache": True,
         "use_sliding_window": False,
         # As in the real checkpoint, the embedding has spare rows past the tokenizer's ids.
-        "vocab_size": vocab_size or _round_up(len(tokenizer) + 1, 64),
+        "vocab_size": vocab_size or padded_vocab_size(tokenizer),
     }
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
@@ -171,34 +130,6 @@ def build_random_causal_lm(
     return out_dir
 
 
-def small_qwen2_config(
-    tokenizer: PreTrainedTokenizerFast,
-    *,
-    hidden_size: int,
-    num_layers: int,
-    num_heads: int,
-    num_kv_heads: int,
-    intermediate_size: int,
-    max_position_embeddings: int,
-    **extra,
-) -> Qwen2Config:
-    """A Qwen2 config sized for `tokenizer` (spare embedding rows, its special-token ids) and untied weights."""
-    return Qwen2Config(
-        vocab_size=_round_up(len(tokenizer) + 1, 64),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_position_embeddings,
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        **extra,
-    )
-
-
 def _match_hub_tokenizer_config(out_dir: Path) -> None:
     """Name the tokenizer class and keep the chat template inside tokenizer_config.json, as the Hub files do."""
     path = out_dir / "tokenizer_config.json"
@@ -226,30 +157,9 @@ def _save_sharded(state: dict[str, torch.Tensor], out_dir: Path, shards: int) ->
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2) + "\n")
 
 
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
 SMOKE_TEST_CORPUS = [
     "What is 2+3*4? First, 3*4 = 12. Then 2+12 = 14. The answer is \\boxed{14}.",
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
     "How many clips did Natalia sell altogether in April and May? 48/2 = 24 and 48+24 = 72.",
     "Let x be the number of apples. Then 3x + 5 = 20, so 3x = 15 and x = 5.",
 ]
-
-
-def main() -> None:
-    """`python -m service.prm.random_checkpoint DIR`: a random-weight PRM for smoke tests (scores mean nothing)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    args = parser.parse_args()
-    build_random_checkpoint(args.out_dir, SMOKE_TEST_CORPUS, hidden_size=args.hidden_size, num_layers=args.layers)
-    print(args.out_dir)
-
-
-if __name__ == "__main__":
-    main()
