@@ -221,9 +221,9 @@ def rank_by_product(scores: list[list[float]]) -> list[int]:
 def engine_rows(prm, work, rows: list, cuda: bool) -> None:
     import torch
 
+    from service.config import DEFAULT_BATCH_TOKENS
     from service.engine.batching import take_batch
     from service.prm.scorer import PackedScorer
-    from service.runtime import DEFAULT_BATCH_TOKENS
 
     budget = DEFAULT_BATCH_TOKENS["cuda" if cuda else "cpu"]
     rl = work.encode(work.rl[0])

@@ -24,7 +24,7 @@ from itertools import pairwise
 import torch
 
 from service.jobs.evaluate.processbench import as_scoring_input, first_below, load_subsets
-from service.jobs.evaluate.run import EvalModel
+from service.jobs.evaluate.run import ModelSpec
 from service.jobs.evaluate.scoring import score_items
 from service.jobs.train.data import encode_records, parse_records
 from service.jobs.train.objective import IGNORE_INDEX, Qwen2PRMForTraining
@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.5)
     args = parser.parse_args()
     (items,) = load_subsets([args.heldout]).values()
-    prm = EvalModel(args.model, device="cpu").load()
+    prm = ModelSpec(args.model, device="cpu").load()
     unpacked = Qwen2PRMForTraining.from_pretrained(prm.path).eval()  # the served one attends packed batches
     scores = score_items(prm, [(item["id"], as_scoring_input(item)) for item in items], desc="scoring")
 

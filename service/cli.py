@@ -1,17 +1,18 @@
 """The `prm` command."""
 
-import re
 import signal
 from typing import Annotated
 
 import typer
 
 from service import __version__
-from service.config import Dtype, LogFormat, ServeConfig
-from service.jobs.cli import LogLevelOption, eval_app, publish, synth, train
+from service.cli_common import LogLevelOption, usage_error
+from service.config import BATCH_TOKENS_HELP, Dtype, LogFormat, ServeConfig
+from service.jobs.cli import eval_app, publish, synth, train
 from service.jobs.data.cli import annotate_app, filter_app, generate
 from service.logs import configure_logging
 from service.prm.aggregation import Aggregation
+from service.prm.checkpoint import ARCHITECTURE
 from service.store import StoreError, open_store, resolve_model
 
 # Plain click help: rich's tables cut option and variable names at 80 columns.
@@ -34,8 +35,10 @@ def main(
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    log_level: LogLevelOption = ServeConfig.log_level,
 ) -> None:
     """Process reward models: serve step scores over HTTP, and the jobs that build them."""
+    configure_logging(log_level)  # every command; `prm serve` and `prm train` refine it with their own options
 
 
 @app.command()
@@ -44,11 +47,11 @@ def serve(
         str | None,
         typer.Option(
             envvar="PRM_MODEL",
-            help="A store model NAME or NAME@VERSION, a checkpoint directory, or a Hub id "
-            "(Qwen2ForProcessRewardModel) (default: the newest version of the store's default model).",
+            help=f"A store model NAME or NAME@VERSION, a checkpoint directory, or a Hub id ({ARCHITECTURE}) "
+            "(default: the newest version of the store's default model).",
             show_default=False,
         ),
-    ] = None,
+    ] = ServeConfig.model,
     store: Annotated[
         str | None,
         typer.Option(
@@ -67,9 +70,9 @@ def serve(
             "POST /admin/reload).",
         ),
     ] = ServeConfig.watch,
-    host: Annotated[str, typer.Option(envvar="PRM_HOST", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="PRM_PORT", help="Port to listen on.")] = 8000,
-    device: Annotated[str, typer.Option(envvar="PRM_DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    host: Annotated[str, typer.Option(envvar="PRM_HOST", help="Address to listen on.")] = ServeConfig.host,
+    port: Annotated[int, typer.Option(envvar="PRM_PORT", help="Port to listen on.")] = ServeConfig.port,
+    device: Annotated[str, typer.Option(envvar="PRM_DEVICE", help="auto, cpu, cuda or cuda:N.")] = ServeConfig.device,
     dtype: Annotated[
         Dtype,
         typer.Option(
@@ -83,10 +86,10 @@ def serve(
         typer.Option(
             envvar="PRM_MAX_BATCH_TOKENS",
             min=1,
-            help="Token budget of one packed batch (default: 2048 on CPU, 16384 on CUDA).",
+            help=BATCH_TOKENS_HELP,
             show_default=False,
         ),
-    ] = None,
+    ] = ServeConfig.max_batch_tokens,
     max_wait_ms: Annotated[
         float,
         typer.Option(envvar="PRM_MAX_WAIT_MS", min=0, help="Hold a partial batch this long for more work (0: never)."),
@@ -137,21 +140,24 @@ def serve(
     max_problem_chars: Annotated[
         int, typer.Option(envvar="PRM_MAX_PROBLEM_CHARS", min=1, help="Most characters in a problem (413 beyond).")
     ] = ServeConfig.max_problem_chars,
-    api_key: Annotated[
+    api_keys: Annotated[
         list[str] | None,
         typer.Option(
+            "--api-key",
             envvar="PRM_API_KEYS",
             help="Bearer key for the scoring routes; repeat it, or give several in PRM_API_KEYS separated by "
             "commas or spaces (prefer the variable: command lines are visible to other users).",
         ),
     ] = None,
-    admin_key: Annotated[
+    admin_keys: Annotated[
         list[str] | None,
-        typer.Option(envvar="PRM_ADMIN_KEYS", help="Bearer key for /admin/* (it also passes as an API key)."),
+        typer.Option(
+            "--admin-key", envvar="PRM_ADMIN_KEYS", help="Bearer key for /admin/* (it also passes as an API key)."
+        ),
     ] = None,
     protect_metrics: Annotated[
         bool, typer.Option(envvar="PRM_PROTECT_METRICS", help="Require an API key for /metrics too.")
-    ] = False,
+    ] = ServeConfig.protect_metrics,
     drain_timeout: Annotated[
         float,
         typer.Option(envvar="PRM_DRAIN_TIMEOUT", min=0, help="Seconds to finish admitted requests after SIGTERM."),
@@ -179,61 +185,36 @@ def serve(
             envvar="PRM_REWARD_AGGREGATION", help="How /get_reward turns a response's step scores into its reward."
         ),
     ] = ServeConfig.reward_aggregation,
-    log_level: LogLevelOption = "info",
+    log_level: LogLevelOption = ServeConfig.log_level,
     log_format: Annotated[
         LogFormat,
         typer.Option(
             envvar="PRM_LOG_FORMAT",
             help="text, or json: one JSON object per line, access-log fields as keys.",
         ),
-    ] = "text",
+    ] = ServeConfig.log_format,
 ) -> None:
     """Serve /score_steps, /rerank, /health, /ready, /metrics and /v1/models over HTTP."""
+    config = ServeConfig(**locals())  # the parameters are ServeConfig's fields, by name
     try:  # a missing store, a typo in --model or a store without a default: one line, before anything starts
-        resolve_model(model or None, open_store(store))
+        resolve_model(config.model, open_store(config.store))
     except StoreError as error:
-        typer.echo(f"prm serve: {error}", err=True)
-        raise typer.Exit(2) from None
+        usage_error(f"prm serve: {error}")
     import uvicorn
 
     from service.api.app import create_app
 
-    configure_logging(log_level, log_format)
-    config = ServeConfig(
-        model=model or None,
-        store=store,
-        watch=watch,
-        device=device,
-        dtype=dtype,
-        max_batch_tokens=max_batch_tokens,
-        max_wait_ms=max_wait_ms,
-        max_queue_tokens=max_queue_tokens,
-        max_items_per_request=max_items_per_request,
-        min_shared_prefix=min_shared_prefix,
-        request_timeout=request_timeout,
-        max_concurrent_requests=max_concurrent_requests,
-        max_body_bytes=max_body_bytes,
-        max_steps_per_item=max_steps_per_item,
-        max_step_chars=max_step_chars,
-        max_problem_chars=max_problem_chars,
-        api_keys=_keys(api_key),
-        admin_keys=_keys(admin_key),
-        protect_metrics=protect_metrics,
-        drain_timeout=drain_timeout,
-        reward_aggregation=reward_aggregation,
-        vllm_url=vllm_url,
-        vllm_model=vllm_model,
-    )
+    configure_logging(config.log_level, config.log_format)
     application = create_app(config, on_fatal=lambda: setattr(server, "should_exit", True))
     server = _server_class()(
         uvicorn.Config(
             application,
-            host=host,
-            port=port,
-            log_level=log_level,
+            host=config.host,
+            port=config.port,
+            log_level=config.log_level,
             log_config=None,  # uvicorn's own lines go through configure_logging's handler, in its format
             access_log=False,  # service.api.middleware.RequestLog writes the access log, with request ids
-            timeout_graceful_shutdown=drain_timeout,
+            timeout_graceful_shutdown=config.drain_timeout,
         )
     )
     # uvicorn re-raises the signal that stopped it once it is done; a graceful drain then exits 0.
@@ -243,10 +224,6 @@ def serve(
     if application.state.runtime.fatal_error:
         typer.echo(f"prm serve: {application.state.runtime.fatal_error}", err=True)
         raise typer.Exit(1)
-
-
-def _keys(values: list[str] | None) -> tuple[str, ...]:
-    return tuple(key for value in values or () for key in re.split(r"[,\s]+", value) if key)
 
 
 def _server_class():

@@ -1,14 +1,36 @@
-"""Serving options, shared by the CLI (flags and PRM_* variables) and the app factory."""
+"""Serving options: the one home of `prm serve`'s defaults, shared by the CLI (flags and PRM_* variables),
+the app factory and the offline evaluation. No torch here, so `prm --help` stays quick."""
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from service.prm.aggregation import Aggregation
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # auto: the checkpoint's dtype on GPU, float32 on CPU
-SaveDtype = Literal["float32", "bfloat16"]  # of the weights `prm train` writes
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
+
+# Token budget of one packed batch when --max-batch-tokens is not given, by device type, measured with
+# loadtest/bench_engine.py: on CPU, elementwise ops on larger rows fall out of cache; on GPU, 16k tokens
+# keep the matmuls saturated; "vllm": one /pooling request per batch. Serving and `prm eval` read it.
+DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384, "vllm": 16384}
+BATCH_TOKENS_HELP = (
+    f"Token budget of one packed batch (default: {DEFAULT_BATCH_TOKENS['cpu']} on CPU, "
+    f"{DEFAULT_BATCH_TOKENS['cuda']} on CUDA)."
+)
+# Below this many tokens a prefix that sequences of one batch share is not worth the attention bookkeeping.
+MIN_SHARED_PREFIX = 64
+
+
+def batch_tokens(configured: int | None, device_type: str) -> int:
+    """The configured budget, else the device's default (that of a CPU for a device type not listed)."""
+    return configured or DEFAULT_BATCH_TOKENS.get(device_type, DEFAULT_BATCH_TOKENS["cpu"])
+
+
+def split_keys(values: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """Keys given one per flag or several in one value (PRM_API_KEYS), separated by commas or spaces."""
+    return tuple(key for value in values or () for key in re.split(r"[,\s]+", value) if key)
 
 
 @dataclass(frozen=True)
@@ -16,14 +38,16 @@ class ServeConfig:
     model: str | None = None  # a directory, a Hub id or a store NAME[@VERSION]; None: the store's default
     store: str | None = None  # the model store directory; None: ./model_store, else the bundled one (open_store)
     watch: float = 0.0  # seconds between looks for a newer store version to swap in; 0: only on /admin/reload
-    device: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
     dtype: Dtype = "auto"
-    max_batch_tokens: int | None = None  # None: by device, see runtime.DEFAULT_BATCH_TOKENS
+    max_batch_tokens: int | None = None  # None: by device, DEFAULT_BATCH_TOKENS
     max_wait_ms: float = 0.0
     max_queue_tokens: int = 262144
     max_items_per_request: int = 1024
     request_timeout: float = 0.0  # seconds a request's work may wait to start; 0: no deadline
-    min_shared_prefix: int = 64  # tokens (service.prm.packing.MIN_SHARED_PREFIX); 0 turns sharing off
+    min_shared_prefix: int = MIN_SHARED_PREFIX  # 0 turns sharing off
     max_concurrent_requests: int = 512  # scoring requests in flight; beyond: 429 at once (0: unbounded)
     max_body_bytes: int = 16 * 2**20
     max_steps_per_item: int = 1024
@@ -33,6 +57,14 @@ class ServeConfig:
     admin_keys: tuple[str, ...] = ()  # Bearer keys for /admin/*; they also pass as API keys
     protect_metrics: bool = False  # /metrics needs a key too
     drain_timeout: float = 30.0  # seconds to finish admitted requests after SIGTERM
-    reward_aggregation: Aggregation = "product"  # /get_reward's reward: the aggregated step score
     vllm_url: str | None = None  # score through this vLLM server's /pooling instead of loading the weights here
     vllm_model: str | None = None  # the model's name there; None: the one it serves under --model's name
+    reward_aggregation: Aggregation = "product"  # /get_reward's reward: the aggregated step score
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+
+    def __post_init__(self) -> None:
+        # As the command line and the environment give them: "" for no model, keys in lists or one string.
+        object.__setattr__(self, "model", self.model or None)
+        object.__setattr__(self, "api_keys", split_keys(self.api_keys))
+        object.__setattr__(self, "admin_keys", split_keys(self.admin_keys))

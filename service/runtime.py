@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.config import ServeConfig
+from service.config import ServeConfig, batch_tokens
 from service.engine import Engine, EngineStopped
 from service.metrics import Metrics
 from service.prm.checkpoint import CheckpointError
@@ -23,9 +23,6 @@ from service.upstream import UpstreamUnavailable, VLLMScorer
 
 log = logging.getLogger(__name__)
 
-# Token budget of a packed batch by device type, measured with loadtest/bench_engine.py: on CPU,
-# elementwise ops on larger rows fall out of cache; on GPU, 16k tokens keep the matmuls saturated.
-DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384, "vllm": 16384}  # vllm: one /pooling request per batch
 UPSTREAM_POLL_SECONDS = 1.0
 
 # Turns one request into token ids with a model's tokenizer; run again if a reload swaps the model.
@@ -150,7 +147,7 @@ class Runtime:
         engine = Engine(
             scorer,
             self.metrics,
-            max_batch_tokens=self.config.max_batch_tokens or DEFAULT_BATCH_TOKENS.get(budget_key, 2048),
+            max_batch_tokens=batch_tokens(self.config.max_batch_tokens, budget_key),
             max_wait_ms=self.config.max_wait_ms,
             max_queue_tokens=self.config.max_queue_tokens,
             on_worker_death=lambda error: self._fatal(f"the engine worker died: {error!r}"),

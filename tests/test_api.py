@@ -222,10 +222,3 @@ def test_rerank_candidates_share_the_problem_prefix(server, reference, processbe
     for result in response.json()["results"]:
         expected = math.prod(reference.step_rewards(problem, candidates[result["index"]]))
         assert result["score"] == pytest.approx(expected, abs=TOLERANCE)
-
-
-def test_serve_config_default_matches_the_packing_default():
-    from service.config import ServeConfig
-    from service.prm.packing import MIN_SHARED_PREFIX
-
-    assert ServeConfig.min_shared_prefix == MIN_SHARED_PREFIX

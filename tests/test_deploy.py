@@ -146,7 +146,7 @@ def test_the_72b_manifest_puts_vllm_tensor_parallelism_behind_the_cpu_front():
 
 
 def test_the_annotation_job_gives_each_index_its_own_shard():
-    from service.jobs.data.records import Shard
+    from service.jobs.data.resumable import Shard
 
     job = by_name(ROOT / "deploy/k8s/annotate-job.yaml")["Job", "prm-annotate-mc"]["spec"]
     assert job["completionMode"] == "Indexed" and job["parallelism"] == job["completions"] == 8

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.jobs.data.records import Shard
+from service.jobs.data.resumable import Shard
 from service.jobs.train.scratch import train_tokenizer
 from tests.checkpoints import SMOKE_TEST_CORPUS
 from tests.helpers import free_port, serve_in_thread

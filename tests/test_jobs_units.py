@@ -11,8 +11,8 @@ import pytest
 from service.jobs.data.annotate_judge import judge_prompt, parse_verdict
 from service.jobs.data.answers import Grader, extract_answer, last_boxed
 from service.jobs.data.problems import load_problems
-from service.jobs.data.records import JsonlOutput, Shard, pending
-from service.jobs.records import InputError
+from service.jobs.data.resumable import JsonlOutput, Shard, pending
+from service.jobs.inputs import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -1,14 +1,22 @@
 """`prm synth`, `prm train`, `prm eval processbench|bon` and `prm publish`: the model half of the refresh loop."""
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from service.config import Dtype, LogLevel, SaveDtype
+from service.cli_common import (
+    BatchTokensOption,
+    DeviceOption,
+    DtypeOption,
+    LogLevelOption,
+    ModelOption,
+    StoreOption,
+    input_errors,
+)
+from service.config import ServeConfig
+from service.jobs.train.options import SCRATCH, SaveDtype, ScratchShape, TrainOptions
 from service.logs import configure_logging, process_rank
 from service.store import DEFAULT_STORE, ModelStore
 
@@ -17,36 +25,6 @@ eval_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-
-ModelOption = Annotated[
-    str | None,
-    typer.Option(
-        help="A store NAME or NAME@VERSION, a checkpoint directory or a Hub id (default: the store's default model).",
-        show_default=False,
-    ),
-]
-StoreOption = Annotated[
-    str | None,
-    typer.Option(
-        envvar="PRM_STORE",
-        help="The model store directory (default: ./model_store if it exists, else the bundled demo store).",
-        show_default=False,
-    ),
-]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (as for `prm serve`).")]
-DtypeOption = Annotated[
-    Dtype,
-    typer.Option(
-        help="auto (the checkpoint's dtype on GPU, float32 on CPU), float32, bfloat16 or float16.",
-    ),
-]
-LogLevelOption = Annotated[LogLevel, typer.Option(envvar="PRM_LOG_LEVEL", help="Log level.")]
-BatchTokensOption = Annotated[
-    int | None,
-    typer.Option(
-        min=1, help="Token budget of one packed batch (default: 2048 on CPU, 16384 on CUDA).", show_default=False
-    ),
-]
 
 
 def synth(
@@ -79,7 +57,7 @@ def train(
         typer.Option(
             help="Where to start: a Qwen2 PRM checkpoint (continue training), a Qwen2 causal LM directory or "
             "Hub id (e.g. Qwen/Qwen2.5-Math-7B-Instruct: its LM head is replaced by a fresh PRM head), or "
-            "'scratch' (a new small model and a tokenizer trained on the data; see the --scratch-* options)."
+            f"'{SCRATCH}' (a new small model and a tokenizer trained on the data; see the --scratch-* options)."
         ),
     ],
     data: Annotated[
@@ -90,11 +68,15 @@ def train(
         ),
     ],
     out: Annotated[Path, typer.Option(help="Output directory: the checkpoint, prm.json, and checkpoints/.")],
-    epochs: Annotated[float, typer.Option(min=0, help="Passes over the data.")] = 1.0,
-    max_steps: Annotated[int, typer.Option(help="Stop after this many optimizer steps (-1: use --epochs).")] = -1,
-    lr: Annotated[float, typer.Option(min=0, help="Peak learning rate, reached after warm-up.")] = 1e-5,
-    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per device per step.")] = 8,
-    grad_accum: Annotated[int, typer.Option(min=1, help="Steps to accumulate before an optimizer update.")] = 1,
+    epochs: Annotated[float, typer.Option(min=0, help="Passes over the data.")] = TrainOptions.epochs,
+    max_steps: Annotated[
+        int, typer.Option(help="Stop after this many optimizer steps (-1: use --epochs).")
+    ] = TrainOptions.max_steps,
+    lr: Annotated[float, typer.Option(min=0, help="Peak learning rate, reached after warm-up.")] = TrainOptions.lr,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per device per step.")] = TrainOptions.batch_size,
+    grad_accum: Annotated[
+        int, typer.Option(min=1, help="Steps to accumulate before an optimizer update.")
+    ] = TrainOptions.grad_accum,
     max_length: Annotated[
         int | None,
         typer.Option(
@@ -103,19 +85,21 @@ def train(
             "(default: the model's maximum).",
             show_default=False,
         ),
-    ] = None,
-    warmup_ratio: Annotated[float, typer.Option(min=0, max=1, help="Share of steps for linear warm-up.")] = 0.03,
+    ] = TrainOptions.max_length,
+    warmup_ratio: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of steps for linear warm-up.")
+    ] = TrainOptions.warmup_ratio,
     lr_scheduler: Annotated[
         str, typer.Option(help="Learning-rate schedule after warm-up: cosine, linear, constant_with_warmup, ...")
-    ] = "cosine",
-    weight_decay: Annotated[float, typer.Option(min=0, help="AdamW weight decay.")] = 0.0,
+    ] = TrainOptions.lr_scheduler,
+    weight_decay: Annotated[float, typer.Option(min=0, help="AdamW weight decay.")] = TrainOptions.weight_decay,
     lm_loss: Annotated[
         bool,
         typer.Option(
             help="Add an auxiliary next-token loss on the steps labelled right, through the input embeddings "
             "(nothing extra is saved): for small models trained from scratch, like the demo PRM."
         ),
-    ] = False,
+    ] = TrainOptions.lm_loss,
     digit_check: Annotated[
         float,
         typer.Option(
@@ -126,44 +110,62 @@ def train(
             "token of the steps, not only at separators. For arithmetic data whose results all follow from the "
             "problem, like the demo's.",
         ),
-    ] = 0.0,
+    ] = TrainOptions.digit_check,
     group_by_length: Annotated[
         bool,
         typer.Option(
             help="Batch conversations of similar length together (shuffled in groups), so that less of each "
             "batch is padding: 1.4 times the steps per second for the demo PRM on CPU (loadtest/bench_train.py)."
         ),
-    ] = False,
-    bf16: Annotated[bool, typer.Option(help="Mixed precision in bfloat16 (GPUs).")] = False,
-    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations to save memory.")] = False,
+    ] = TrainOptions.group_by_length,
+    bf16: Annotated[bool, typer.Option(help="Mixed precision in bfloat16 (GPUs).")] = TrainOptions.bf16,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="Recompute activations to save memory.")
+    ] = TrainOptions.gradient_checkpointing,
     fsdp: Annotated[
         str,
         typer.Option(help="Trainer FSDP mode, e.g. 'full_shard auto_wrap' (under torchrun, on CUDA GPUs)."),
-    ] = "",
-    deepspeed: Annotated[str | None, typer.Option(help="A DeepSpeed JSON config (under deepspeed/torchrun).")] = None,
+    ] = TrainOptions.fsdp,
+    deepspeed: Annotated[
+        str | None, typer.Option(help="A DeepSpeed JSON config (under deepspeed/torchrun).")
+    ] = TrainOptions.deepspeed,
     save_dtype: Annotated[
         SaveDtype,
         typer.Option(
             help="dtype of the weights written to OUT: bfloat16 halves a 7B PRM (about 15 GB, as the published "
             "Qwen2.5-Math-PRM-7B) where float32 keeps the master weights; checkpoints/ keep the training state."
         ),
-    ] = "float32",
-    logging_steps: Annotated[int, typer.Option(min=1, help="Log the loss every this many steps.")] = 10,
-    save_steps: Annotated[int, typer.Option(min=1, help="Write a resumable checkpoint every this many steps.")] = 500,
-    seed: Annotated[int, typer.Option(help="Random seed (data order and new weights).")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in OUT/checkpoints.")] = True,
+    ] = TrainOptions.save_dtype,
+    logging_steps: Annotated[
+        int, typer.Option(min=1, help="Log the loss every this many steps.")
+    ] = TrainOptions.logging_steps,
+    save_steps: Annotated[
+        int, typer.Option(min=1, help="Write a resumable checkpoint every this many steps.")
+    ] = TrainOptions.save_steps,
+    seed: Annotated[int, typer.Option(help="Random seed (data order and new weights).")] = TrainOptions.seed,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the newest checkpoint in OUT/checkpoints.")
+    ] = TrainOptions.resume,
     eval_processbench: Annotated[
         list[str] | None,
         typer.Option(help="ProcessBench files to evaluate the result on; the report goes into prm.json."),
     ] = None,
-    scratch_hidden_size: Annotated[int, typer.Option(help="Hidden size of a scratch model.")] = 64,
-    scratch_layers: Annotated[int, typer.Option(help="Layers of a scratch model.")] = 8,
-    scratch_heads: Annotated[int, typer.Option(help="Attention heads of a scratch model.")] = 4,
-    scratch_kv_heads: Annotated[int, typer.Option(help="Key/value heads of a scratch model.")] = 4,
-    scratch_intermediate_size: Annotated[int, typer.Option(help="MLP width of a scratch model.")] = 192,
-    scratch_vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary of a scratch model.")] = 512,
-    scratch_max_length: Annotated[int, typer.Option(help="Maximum positions of a scratch model.")] = 1024,
-    log_level: LogLevelOption = "info",
+    scratch_hidden_size: Annotated[
+        int, typer.Option(help="Hidden size of a scratch model.")
+    ] = ScratchShape.hidden_size,
+    scratch_layers: Annotated[int, typer.Option(help="Layers of a scratch model.")] = ScratchShape.layers,
+    scratch_heads: Annotated[int, typer.Option(help="Attention heads of a scratch model.")] = ScratchShape.heads,
+    scratch_kv_heads: Annotated[int, typer.Option(help="Key/value heads of a scratch model.")] = ScratchShape.kv_heads,
+    scratch_intermediate_size: Annotated[
+        int, typer.Option(help="MLP width of a scratch model.")
+    ] = ScratchShape.intermediate_size,
+    scratch_vocab_size: Annotated[
+        int, typer.Option(help="Tokenizer vocabulary of a scratch model.")
+    ] = ScratchShape.vocab_size,
+    scratch_max_length: Annotated[
+        int, typer.Option(help="Maximum positions of a scratch model.")
+    ] = ScratchShape.max_length,
+    log_level: LogLevelOption = ServeConfig.log_level,
 ) -> None:
     """Train a PRM on stepwise supervision: cross-entropy on the two head logits at step separators only.
 
@@ -173,48 +175,16 @@ def train(
     `torchrun --nproc-per-node 8 -m service train ... --deepspeed deploy/deepspeed/zero3.json` (or
     --fsdp 'full_shard auto_wrap' on CUDA GPUs); rank 0 writes the output.
     """
-    from service.jobs.train.backbone import ScratchShape
-    from service.jobs.train.run import TrainOptions, train_and_evaluate
+    values = dict(locals())  # the parameters: TrainOptions' fields, ScratchShape's as scratch_*, and two more
+    shape = {name: values.pop(f"scratch_{name}") for name in ScratchShape.__dataclass_fields__}
+    from service.jobs.train.run import train_and_evaluate
 
     main_process = process_rank() == 0  # under torchrun / accelerate launch, only rank 0 logs and prints
-    configure_logging(log_level if main_process else "error")
-    options = TrainOptions(
-        base=base,
-        data=data,
-        out=out,
-        epochs=epochs,
-        max_steps=max_steps,
-        lr=lr,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        max_length=max_length,
-        warmup_ratio=warmup_ratio,
-        lr_scheduler=lr_scheduler,
-        weight_decay=weight_decay,
-        lm_loss=lm_loss,
-        digit_check=digit_check,
-        group_by_length=group_by_length,
-        bf16=bf16,
-        gradient_checkpointing=gradient_checkpointing,
-        fsdp=fsdp,
-        deepspeed=deepspeed,
-        save_dtype=save_dtype,
-        logging_steps=logging_steps,
-        save_steps=save_steps,
-        seed=seed,
-        resume=resume,
-        scratch=ScratchShape(
-            scratch_hidden_size,
-            scratch_layers,
-            scratch_heads,
-            scratch_kv_heads,
-            scratch_intermediate_size,
-            scratch_vocab_size,
-            scratch_max_length,
-        ),
-    )
-    with _input_errors():
-        result = train_and_evaluate(options, eval_processbench or [])
+    configure_logging(values.pop("log_level") if main_process else "error")
+    processbench_files = values.pop("eval_processbench") or []
+    options = TrainOptions(**values, scratch=ScratchShape(**shape))
+    with input_errors():
+        result = train_and_evaluate(options, processbench_files)
     if not result.main_process:
         return
     typer.echo(
@@ -235,17 +205,17 @@ def eval_processbench(
         ),
     ],
     out: Annotated[Path, typer.Option(help="Where to write the JSON report.")],
-    model: ModelOption = None,
-    store: StoreOption = None,
+    model: ModelOption = ServeConfig.model,
+    store: StoreOption = ServeConfig.store,
     threshold: Annotated[float, typer.Option(min=0, max=1, help="A step below this score is a wrong step.")] = 0.5,
     search_threshold: Annotated[
         str | None,
         typer.Option(help="Pick the threshold with the best F1 on this subset, then apply it to every subset."),
     ] = None,
     predictions: Annotated[Path | None, typer.Option(help="Write per-item predictions (JSONL) here.")] = None,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    max_batch_tokens: BatchTokensOption = None,
+    device: DeviceOption = ServeConfig.device,
+    dtype: DtypeOption = ServeConfig.dtype,
+    max_batch_tokens: BatchTokensOption = ServeConfig.max_batch_tokens,
 ) -> None:
     """ProcessBench: F1 of identifying the earliest wrong step (or that none is wrong), per subset.
 
@@ -253,10 +223,10 @@ def eval_processbench(
     official script prints them: accuracy on erroneous items, on correct items, their harmonic mean F1,
     avg_f1 over subsets, and how often solutions with a right answer but a wrong step are flagged.
     """
-    from service.jobs.evaluate.run import EvalModel, run_processbench
+    from service.jobs.evaluate.run import ModelSpec, run_processbench
 
-    with _input_errors():
-        prm = EvalModel(model, store, device, dtype, max_batch_tokens)
+    with input_errors():
+        prm = ModelSpec(model, store, device, dtype, max_batch_tokens)
         result = run_processbench(prm, data, out, threshold, search_threshold, predictions)
     _print_summary(result, ["threshold", "avg_f1"])
     for name, metrics in result["subsets"].items():
@@ -273,12 +243,12 @@ def eval_bon(
         ),
     ],
     out: Annotated[Path, typer.Option(help="Where to write the JSON report (plots go beside it).")],
-    model: ModelOption = None,
-    store: StoreOption = None,
+    model: ModelOption = ServeConfig.model,
+    store: StoreOption = ServeConfig.store,
     plots: Annotated[Path | None, typer.Option(help="Directory for the PNG plots (default: beside --out).")] = None,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    max_batch_tokens: BatchTokensOption = None,
+    device: DeviceOption = ServeConfig.device,
+    dtype: DtypeOption = ServeConfig.dtype,
+    max_batch_tokens: BatchTokensOption = ServeConfig.max_batch_tokens,
 ) -> None:
     """Best-of-N: accuracy of the candidate the PRM ranks first, per aggregation of its step scores.
 
@@ -286,10 +256,10 @@ def eval_bon(
     responses whose lowest step score is their last step (a sign of a PRM judging outcomes), and
     two PNG plots.
     """
-    from service.jobs.evaluate.run import EvalModel, run_bon
+    from service.jobs.evaluate.run import ModelSpec, run_bon
 
-    with _input_errors():
-        result = run_bon(EvalModel(model, store, device, dtype, max_batch_tokens), data, out, plots)
+    with input_errors():
+        result = run_bon(ModelSpec(model, store, device, dtype, max_batch_tokens), data, out, plots)
     _print_summary(result, ["n", "problems", "maj", "pass", "pass@1", "min_at_last_step"])
     typer.echo("  prm@N: " + ", ".join(f"{how} {_fmt(value)}" for how, value in result["prm"].items()))
 
@@ -305,27 +275,11 @@ def publish(
     A running `prm serve --model NAME` picks it up on POST /admin/reload, or by itself with --watch.
     """
     model_store = ModelStore(store)
-    with _input_errors():
+    with input_errors():
         stored = model_store.publish(checkpoint, name)
         if default:
             model_store.set_default(name)
     typer.echo(stored.version)
-
-
-@contextmanager
-def _input_errors() -> Iterator[None]:
-    """Turn the jobs' input errors (a bad record, file, checkpoint or store name) into one line and exit 2."""
-    from service.jobs.evaluate.scoring import EncodeError
-    from service.jobs.records import InputError
-    from service.jobs.train.backbone import BaseModelError
-    from service.jobs.train.data import RecordError
-    from service.prm.checkpoint import CheckpointError
-
-    try:
-        yield
-    except (InputError, RecordError, EncodeError, BaseModelError, CheckpointError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
 
 
 def _print_summary(result: dict, keys: list[str]) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from huggingface_hub import snapshot_download
 
-ARCHITECTURE = "Qwen2ForProcessRewardModel"
+ARCHITECTURE = "Qwen2ForProcessRewardModel"  # config.json's architectures entry of every servable PRM
+MANIFEST = "prm.json"  # what `prm train` wrote a checkpoint from, completed by `prm publish`
 HUB_DATA_FILES = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]
 
 

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer
 
 from service.prm.attention import ATTENTION_NAME
-from service.prm.checkpoint import CheckpointError, read_config, resolve_checkpoint
+from service.prm.checkpoint import MANIFEST, CheckpointError, read_config, resolve_checkpoint
 from service.prm.formatting import PRMFormatter
 from service.prm.model import Qwen2ForProcessRewardModel
 
@@ -105,7 +105,7 @@ def _local_version(path: Path) -> str:
     The fingerprint reads the config and tokenizer files whole and the first and last MiB of
     each weight file: cheap for a 15 GB checkpoint, and any retraining changes it.
     """
-    manifest = path / "prm.json"
+    manifest = path / MANIFEST
     if manifest.is_file():
         version = json.loads(manifest.read_text()).get("version")
         if version:

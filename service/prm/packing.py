@@ -11,10 +11,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from service.config import MIN_SHARED_PREFIX
 from service.prm.formatting import EncodedItem
-
-# Below this many tokens a shared prefix is not worth the extra attention bookkeeping.
-MIN_SHARED_PREFIX = 64
 
 
 @dataclass(frozen=True)

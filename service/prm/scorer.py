@@ -12,10 +12,11 @@ from typing import Protocol
 
 import torch
 
+from service.config import MIN_SHARED_PREFIX
 from service.prm.errors import DeviceOutOfMemory
 from service.prm.formatting import EncodedItem
 from service.prm.loading import LoadedPRM
-from service.prm.packing import MIN_SHARED_PREFIX, pack
+from service.prm.packing import pack
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The model store: versioned PRM checkpoints on disk that `prm serve` resolves and hot-reloads."""
 
-from service.store.store import (
+from service.store.model_store import (
     DEFAULT_STORE,
     ModelStore,
     StoredModel,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from service.jobs.data.answers import last_boxed
 from service.jobs.data.backends import Backend
-from service.jobs.data.records import JsonlOutput, Shard, pending
+from service.jobs.data.resumable import JsonlOutput, Shard, pending
 from service.jobs.data.runner import JobStats, run
 
 JUDGE_PROMPT = """\

@@ -14,7 +14,7 @@ from pathlib import Path
 from service.jobs.data.answers import Grader, extract_answer
 from service.jobs.data.backends import Backend
 from service.jobs.data.generate import policy_messages
-from service.jobs.data.records import JsonlOutput, Shard, pending
+from service.jobs.data.resumable import JsonlOutput, Shard, pending
 from service.jobs.data.runner import JobStats, run
 
 

@@ -20,6 +20,9 @@ from typing import Self
 
 logger = logging.getLogger(__name__)
 
+GRADE_WORKERS = 2  # processes grading answers with math-verify
+GRADE_TIMEOUT = 30.0  # seconds one grade may take; beyond, it is no match and its worker restarts
+
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_IS = re.compile(r"answer is\s*:?\s*(.+?)\s*(?:\.\s|\.?$|\n)", re.IGNORECASE | re.MULTILINE)
 _HASHES = re.compile(r"####\s*(.+)")
@@ -125,7 +128,9 @@ def _serve(function: Callable[[str, str], bool]) -> None:
 class Grader:
     """Grades answers on `workers` processes, started on first use; use it as an async context manager."""
 
-    def __init__(self, workers: int = 2, timeout: float = 30.0, function: str = f"{__name__}:is_equivalent"):
+    def __init__(
+        self, workers: int = GRADE_WORKERS, timeout: float = GRADE_TIMEOUT, function: str = f"{__name__}:is_equivalent"
+    ):
         """`function`: `module:name` of the (gold, prediction) -> bool that the workers run."""
         self.timeout = timeout
         self.function = function

@@ -6,19 +6,20 @@ start (server unreachable, unknown model, unreadable input, bad option).
 
 import asyncio
 import json
-import logging
-import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from service.cli_common import input_errors
+from service.config import ServeConfig
+from service.jobs.data.answers import GRADE_TIMEOUT, GRADE_WORKERS
 from service.jobs.data.backends import Backend, BackendUnavailable, Sampling
-from service.jobs.data.records import JsonlOutput, Shard
+from service.jobs.data.resumable import WHOLE, JsonlOutput, Shard
 from service.jobs.data.runner import JobStats
-from service.jobs.records import InputError
 from service.prm.formatting import DEFAULT_SYSTEM
 
 annotate_app = typer.Typer(
@@ -34,6 +35,27 @@ filter_app = typer.Typer(
 class BackendKind(StrEnum):
     openai = "openai"
     transformers = "transformers"
+
+
+@dataclass(frozen=True)
+class Client:
+    """How a job reaches its language model, as the command line gives it; the defaults of its options."""
+
+    model: str
+    backend: BackendKind = BackendKind.openai
+    base_url: str | None = None
+    api_key: str | None = None
+    tokenizer: str | None = None  # renders continuation prompts (annotate mc); None: none needed
+    concurrency: int = 64
+    request_timeout: float = 600.0
+    max_retries: int = 5
+    device: str = ServeConfig.device  # --backend transformers
+    batch_size: int = 32  # --backend transformers
+
+    @classmethod
+    def of(cls, options: dict) -> "Client":
+        """The command's parameters (its `locals()`) that are this class's fields."""
+        return cls(**{name: options[name] for name in cls.__dataclass_fields__ if name in options})
 
 
 def _shard(text: str) -> Shard:
@@ -101,21 +123,21 @@ def generate(
     out: Out,
     model: Model,
     n: Annotated[int, typer.Option(min=1, help="Responses per problem.")] = 8,
-    base_url: BaseUrl = None,
-    api_key: ApiKey = None,
-    backend: Kind = BackendKind.openai,
-    temperature: Annotated[float, typer.Option(min=0, help="Sampling temperature.")] = 0.7,
-    top_p: TopP = 1.0,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens in a response.")] = 2048,
+    base_url: BaseUrl = Client.base_url,
+    api_key: ApiKey = Client.api_key,
+    backend: Kind = Client.backend,
+    temperature: Annotated[float, typer.Option(min=0, help="Sampling temperature.")] = Sampling.temperature,
+    top_p: TopP = Sampling.top_p,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens in a response.")] = Sampling.max_tokens,
     system: System = DEFAULT_SYSTEM,
-    concurrency: Concurrency = 64,
-    shard: ShardOption = "0/1",
-    max_retries: MaxRetries = 5,
-    request_timeout: RequestTimeout = 600.0,
-    grade_workers: GradeWorkers = 2,
-    grade_timeout: GradeTimeout = 30.0,
-    device: Device = "auto",
-    batch_size: BatchSize = 32,
+    concurrency: Concurrency = Client.concurrency,
+    shard: ShardOption = str(WHOLE),
+    max_retries: MaxRetries = Client.max_retries,
+    request_timeout: RequestTimeout = Client.request_timeout,
+    grade_workers: GradeWorkers = GRADE_WORKERS,
+    grade_timeout: GradeTimeout = GRADE_TIMEOUT,
+    device: Device = Client.device,
+    batch_size: BatchSize = Client.batch_size,
 ) -> None:
     """Sample N responses per problem from a policy, split them into steps on blank lines, grade their answers.
 
@@ -128,10 +150,7 @@ def generate(
     from service.jobs.data.answers import Grader
     from service.jobs.data.generate import generate as job
 
-    sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-    client = _backend(
-        backend, model, base_url, api_key, sampling, None, concurrency, request_timeout, max_retries, device, batch_size
-    )
+    client = _backend(Client.of(locals()), Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens))
 
     async def run(output: JsonlOutput) -> JobStats:
         async with Grader(grade_workers, grade_timeout) as grader:
@@ -148,25 +167,27 @@ def annotate_mc(
     out: Out,
     model: Model,
     k: Annotated[int, typer.Option(min=1, help="Completions from each step.")] = 8,
-    base_url: BaseUrl = None,
-    api_key: ApiKey = None,
+    base_url: BaseUrl = Client.base_url,
+    api_key: ApiKey = Client.api_key,
     tokenizer: Annotated[
         str | None,
         typer.Option(help="Tokenizer (path or Hub id) that renders continuation prompts (default: --model)."),
     ] = None,
-    backend: Kind = BackendKind.openai,
-    temperature: Annotated[float, typer.Option(min=0, help="Sampling temperature of the completions.")] = 0.7,
-    top_p: TopP = 1.0,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens in a completion.")] = 2048,
+    backend: Kind = Client.backend,
+    temperature: Annotated[
+        float, typer.Option(min=0, help="Sampling temperature of the completions.")
+    ] = Sampling.temperature,
+    top_p: TopP = Sampling.top_p,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens in a completion.")] = Sampling.max_tokens,
     system: System = DEFAULT_SYSTEM,
-    concurrency: Concurrency = 64,
-    shard: ShardOption = "0/1",
-    max_retries: MaxRetries = 5,
-    request_timeout: RequestTimeout = 600.0,
-    grade_workers: GradeWorkers = 2,
-    grade_timeout: GradeTimeout = 30.0,
-    device: Device = "auto",
-    batch_size: BatchSize = 32,
+    concurrency: Concurrency = Client.concurrency,
+    shard: ShardOption = str(WHOLE),
+    max_retries: MaxRetries = Client.max_retries,
+    request_timeout: RequestTimeout = Client.request_timeout,
+    grade_workers: GradeWorkers = GRADE_WORKERS,
+    grade_timeout: GradeTimeout = GRADE_TIMEOUT,
+    device: Device = Client.device,
+    batch_size: BatchSize = Client.batch_size,
 ) -> None:
     """Monte Carlo labels: from each step, K completions continue the solution; a step is wrong if none of
     them reaches the gold answer.
@@ -183,19 +204,7 @@ def annotate_mc(
     from service.jobs.data.answers import Grader
 
     sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-    client = _backend(
-        backend,
-        model,
-        base_url,
-        api_key,
-        sampling,
-        tokenizer or model,
-        concurrency,
-        request_timeout,
-        max_retries,
-        device,
-        batch_size,
-    )
+    client = _backend(Client.of({**locals(), "tokenizer": tokenizer or model}), sampling)
 
     async def run(output: JsonlOutput) -> JobStats:
         async with Grader(grade_workers, grade_timeout) as grader:
@@ -211,17 +220,17 @@ def annotate_judge(
     responses: Responses,
     out: Out,
     model: Model,
-    base_url: BaseUrl = None,
-    api_key: ApiKey = None,
-    backend: Kind = BackendKind.openai,
+    base_url: BaseUrl = Client.base_url,
+    api_key: ApiKey = Client.api_key,
+    backend: Kind = Client.backend,
     temperature: Annotated[float, typer.Option(min=0, help="Sampling temperature of the judge.")] = 0.0,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens in a critique.")] = 4096,
-    concurrency: Concurrency = 64,
-    shard: ShardOption = "0/1",
-    max_retries: MaxRetries = 5,
-    request_timeout: RequestTimeout = 600.0,
-    device: Device = "auto",
-    batch_size: BatchSize = 32,
+    concurrency: Concurrency = Client.concurrency,
+    shard: ShardOption = str(WHOLE),
+    max_retries: MaxRetries = Client.max_retries,
+    request_timeout: RequestTimeout = Client.request_timeout,
+    device: Device = Client.device,
+    batch_size: BatchSize = Client.batch_size,
 ) -> None:
     """LLM-as-a-judge labels: the judge reviews the paragraphs in order and boxes the index of the first wrong
     one, or -1.
@@ -233,10 +242,7 @@ def annotate_judge(
     """
     from service.jobs.data.annotate_judge import annotate_judge as job
 
-    sampling = Sampling(temperature=temperature, max_tokens=max_tokens)
-    client = _backend(
-        backend, model, base_url, api_key, sampling, None, concurrency, request_timeout, max_retries, device, batch_size
-    )
+    client = _backend(Client.of(locals()), Sampling(temperature=temperature, max_tokens=max_tokens))
 
     async def run(output: JsonlOutput) -> JobStats:
         return await job(responses, output, client, shard=shard, concurrency=concurrency)
@@ -262,11 +268,8 @@ def filter_consensus(
     """
     from service.jobs.data.consensus import consensus
 
-    try:
+    with input_errors():
         summary = consensus(mc, judge, out)
-    except InputError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
     text = json.dumps(summary, indent=2)
     if report is None:
         typer.echo(text)
@@ -280,38 +283,26 @@ def filter_consensus(
     )
 
 
-def _backend(
-    kind: BackendKind,
-    model: str,
-    base_url: str | None,
-    api_key: str | None,
-    sampling: Sampling,
-    tokenizer: str | None,
-    concurrency: int,
-    request_timeout: float,
-    max_retries: int,
-    device: str,
-    batch_size: int,
-) -> Backend:
-    if kind is BackendKind.transformers:
+def _backend(client: Client, sampling: Sampling) -> Backend:
+    if client.backend is BackendKind.transformers:
         from service.jobs.data.transformers_backend import TransformersBackend
 
-        return TransformersBackend(model, sampling, device=device, batch_size=batch_size)
-    if not base_url:
+        return TransformersBackend(client.model, sampling, device=client.device, batch_size=client.batch_size)
+    if not client.base_url:
         raise typer.BadParameter(
             "needed with --backend openai (e.g. http://localhost:8000/v1)", param_hint="--base-url"
         )
     from service.jobs.data.openai_backend import OpenAIBackend
 
     return OpenAIBackend(
-        base_url,
-        model,
+        client.base_url,
+        client.model,
         sampling,
-        api_key=api_key,
-        tokenizer=tokenizer,
-        concurrency=concurrency,
-        timeout=request_timeout,
-        max_retries=max_retries,
+        api_key=client.api_key,
+        tokenizer=client.tokenizer,
+        concurrency=client.concurrency,
+        timeout=client.request_timeout,
+        max_retries=client.max_retries,
     )
 
 
@@ -327,19 +318,9 @@ def _run(out: Path, backend: Backend, job: Callable[[JsonlOutput], Awaitable[Job
         finally:
             await backend.close()
 
-    # Retries, timeouts and failed records are logged as warnings, to this run's stderr.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    jobs_logger = logging.getLogger("service.jobs")
-    jobs_logger.addHandler(handler)
-    jobs_logger.setLevel(os.environ.get("PRM_LOG_LEVEL", "WARNING").upper())
-    try:
+    # Retries, timeouts and failed records are logged as warnings (service.logs, set up by `prm` for every command).
+    with input_errors(BackendUnavailable):
         stats = asyncio.run(main())
-    except (BackendUnavailable, InputError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
-    finally:
-        jobs_logger.removeHandler(handler)
     typer.echo(stats.summary(backend.usage), err=True)
     if stats.failed:
         typer.echo(f"{stats.failed} records failed; rerun the same command to retry them", err=True)

@@ -16,7 +16,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from service.jobs.records import InputError, read_jsonl
+from service.jobs.inputs import InputError, read_jsonl
 
 
 def stepwise_record(record: dict, first_error: int) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 from service.jobs.data.answers import Grader, extract_answer
 from service.jobs.data.backends import Backend, Messages
 from service.jobs.data.problems import load_problems
-from service.jobs.data.records import JsonlOutput, Shard
+from service.jobs.data.resumable import JsonlOutput, Shard
 from service.jobs.data.runner import JobStats, run
 from service.prm.formatting import split_steps
 

@@ -35,15 +35,15 @@ class OpenAIBackend:
         model: str,
         sampling: Sampling,
         *,
-        api_key: str | None = None,
-        tokenizer: str | None = None,
-        concurrency: int = 64,
-        timeout: float = 600.0,
-        max_retries: int = 5,
+        api_key: str | None,
+        tokenizer: str | None,
+        concurrency: int,
+        timeout: float,
+        max_retries: int,
         backoff: float = 1.0,
     ):
         """`tokenizer`: name or path of the tokenizer that renders continuation prompts; None if the job asks
-        for none."""
+        for none. The defaults are the command line's (service.jobs.data.cli.Client)."""
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.sampling = sampling

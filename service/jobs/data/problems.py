@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from service.jobs.records import InputError, read_jsonl
+from service.jobs.inputs import InputError, read_jsonl
 
 
 def load_problems(path: Path) -> list[dict]:

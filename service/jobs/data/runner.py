@@ -10,7 +10,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from service.jobs.data.backends import BackendError, Usage
-from service.jobs.data.records import JsonlOutput
+from service.jobs.data.resumable import JsonlOutput
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ async def run(
             bar.set_postfix(failed=stats.failed, refresh=False)
 
     with (
-        logging_redirect_tqdm([logging.getLogger("service.jobs")]),
+        logging_redirect_tqdm(),  # log lines above the progress bar, not through it
         tqdm(total=total, desc=stats.name, unit=unit, dynamic_ncols=True) as bar,
     ):
         async with asyncio.TaskGroup() as group:

@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 
 class TransformersBackend:
-    def __init__(self, model: str, sampling: Sampling, *, device: str = "auto", batch_size: int = 32):
+    def __init__(self, model: str, sampling: Sampling, *, device: str, batch_size: int):
         """`batch_size`: sequences per `generate` call (a request for more than that runs alone)."""
         self.model = model
         self.sampling = sampling

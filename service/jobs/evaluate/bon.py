@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from service.jobs.evaluate.stats import percent
-from service.jobs.records import read_records
+from service.jobs.inputs import read_records
 from service.prm.aggregation import AGGREGATIONS, rank
 from service.prm.formatting import ScoringInput, split_steps
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from service.jobs.evaluate.stats import harmonic_mean, percent
-from service.jobs.records import InputError, load_hub_dataset, read_records
+from service.jobs.inputs import InputError, load_hub_dataset, read_records
 from service.prm.formatting import ScoringInput
 
 HUB_DATASET = "Qwen/ProcessBench"

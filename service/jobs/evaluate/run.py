@@ -4,22 +4,23 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.config import Dtype, ServeConfig
 from service.jobs.evaluate import bon, plots, processbench
 from service.jobs.evaluate.scoring import score_items
-from service.jobs.records import InputError
+from service.jobs.inputs import InputError
 from service.prm.loading import LoadedPRM, load_prm
 from service.store import open_store, resolve_model
 
 
 @dataclass(frozen=True)
-class EvalModel:
+class ModelSpec:
     """Which PRM to evaluate and where, with the same meaning as `prm serve`'s options."""
 
     model: str | None
-    store: str | None = None  # None: as for `prm serve` (service.store.open_store)
-    device: str = "auto"
-    dtype: str = "auto"
-    max_batch_tokens: int | None = None
+    store: str | None = ServeConfig.store
+    device: str = ServeConfig.device
+    dtype: Dtype = ServeConfig.dtype
+    max_batch_tokens: int | None = ServeConfig.max_batch_tokens
 
     def load(self) -> LoadedPRM:
         source, name = resolve_model(self.model, open_store(self.store))
@@ -27,7 +28,7 @@ class EvalModel:
 
 
 def run_processbench(
-    model: EvalModel,
+    model: ModelSpec,
     data: list[str],
     out: Path,
     threshold: float = 0.5,
@@ -57,7 +58,7 @@ def run_processbench(
     return result
 
 
-def run_bon(model: EvalModel, data: str, out: Path, plots_dir: Path | None = None) -> dict:
+def run_bon(model: ModelSpec, data: str, out: Path, plots_dir: Path | None = None) -> dict:
     groups = bon.load_groups(data)
     prm = model.load()
     flat = iter(score_items(prm, bon.scoring_inputs(groups), model.max_batch_tokens, desc="candidates"))

@@ -5,14 +5,15 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from service.config import batch_tokens
 from service.engine.batching import take_batch
+from service.jobs.inputs import InputError
 from service.prm.formatting import EncodedItem, ScoringInput
 from service.prm.loading import LoadedPRM
 from service.prm.scorer import PackedScorer
-from service.runtime import DEFAULT_BATCH_TOKENS
 
 
-class EncodeError(ValueError):
+class EncodeError(InputError):
     """An item the model cannot score as given (too long, separator inside); names the item."""
 
 
@@ -30,7 +31,7 @@ def score_items(
             encoded.append(prm.formatter.encode(item))
         except ValueError as error:
             raise EncodeError(f"item {item_id}: {error}") from error
-    budget = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(prm.device.type, 2048)
+    budget = batch_tokens(max_batch_tokens, prm.device.type)
     queue = deque(sorted((_Indexed(index, item) for index, item in enumerate(encoded)), key=len))
     scorer = PackedScorer(prm)
     scores: list[list[float]] = [[] for _ in encoded]

@@ -10,37 +10,22 @@ The tokenizer always ends up with the `<extra_0>` step separator and a chat temp
 """
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from service.jobs.inputs import InputError
 from service.jobs.train.data import Labelled
 from service.jobs.train.objective import Qwen2PRMForTraining
+from service.jobs.train.options import SCRATCH, ScratchShape
 from service.jobs.train.scratch import CHAT_TEMPLATE, small_qwen2_config, train_tokenizer
 from service.prm.checkpoint import ARCHITECTURE, resolve_checkpoint
 from service.prm.formatting import DEFAULT_SYSTEM, STEP_SEPARATOR
 
-SCRATCH = "scratch"
 
-
-class BaseModelError(ValueError):
+class BaseModelError(InputError):
     """The base checkpoint cannot become a Qwen2 PRM; the message says why."""
-
-
-@dataclass(frozen=True)
-class ScratchShape:
-    """The size of a model trained from scratch: by default the demo PRM's, narrow and deep, which learns
-    arithmetic in far fewer steps than a wider, shallower model as fast per step (README, the demo PRM)."""
-
-    hidden_size: int = 64
-    layers: int = 8
-    heads: int = 4
-    kv_heads: int = 4
-    intermediate_size: int = 192
-    vocab_size: int = 512
-    max_length: int = 1024
 
 
 def prepare(base: str, corpus: list[str], shape: ScratchShape, seed: int):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from service.jobs.inputs import InputError
 from service.jobs.train.objective import IGNORE_INDEX
 from service.prm.errors import InputTooLong, InvalidInput
 from service.prm.formatting import EncodedItem, PRMFormatter, ScoringInput
@@ -19,7 +20,7 @@ from service.prm.formatting import EncodedItem, PRMFormatter, ScoringInput
 DIGITS = set("0123456789")
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A record that is not stepwise supervision; the message names the record and field."""
 
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -23,45 +23,17 @@ from transformers import PreTrainedTokenizerBase, SchedulerType, Trainer, Traini
 from transformers.trainer_utils import get_last_checkpoint
 
 from service import __version__
-from service.jobs.records import InputError, read_records
-from service.jobs.train.backbone import SCRATCH, ScratchShape, corpus_of, output_config_fixups, prepare
+from service.jobs.inputs import InputError, read_records
+from service.jobs.train.backbone import corpus_of, output_config_fixups, prepare
 from service.jobs.train.data import Encoded, StepwiseDataset, collate, encode_records, parse_records
+from service.jobs.train.options import SCRATCH, TrainOptions
+from service.prm.checkpoint import MANIFEST
 from service.prm.formatting import PRMFormatter
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "prm.json"
 CHECKPOINTS = "checkpoints"
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class TrainOptions:
-    base: str
-    data: list[str]
-    out: Path
-    epochs: float = 1.0
-    max_steps: int = -1
-    lr: float = 1e-5
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int | None = None
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    lm_loss: bool = False
-    digit_check: float = 0.0
-    group_by_length: bool = False
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    fsdp: str = ""
-    deepspeed: str | None = None
-    save_dtype: str = "float32"  # of the weights written to `out` (checkpoints/ keep the training state as is)
-    logging_steps: int = 10
-    save_steps: int = 500
-    seed: int = 0
-    resume: bool = True
-    scratch: ScratchShape = field(default_factory=ScratchShape)
 
 
 @dataclass
@@ -145,9 +117,9 @@ def train_and_evaluate(options: TrainOptions, processbench_files: list[str]) -> 
         return result
     metrics = {}
     if processbench_files:
-        from service.jobs.evaluate.run import EvalModel, run_processbench
+        from service.jobs.evaluate.run import ModelSpec, run_processbench
 
-        report = run_processbench(EvalModel(str(options.out)), processbench_files, options.out / "processbench.json")
+        report = run_processbench(ModelSpec(str(options.out)), processbench_files, options.out / "processbench.json")
         metrics["processbench"] = {key: report[key] for key in ("threshold", "subsets", "avg_f1")}
     write_manifest(options, result, metrics, base_manifest)
     return result

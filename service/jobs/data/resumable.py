@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, Self
 
-from service.jobs.records import InputError, read_jsonl
+from service.jobs.inputs import InputError, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ class Shard(NamedTuple):
         if not 0 <= index < count:
             raise ValueError(f"{text!r}: need 0 <= i < n (shards are numbered from 0)")
         return cls(index, count)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
     def __contains__(self, record_id: object) -> bool:
         digest = hashlib.sha1(str(record_id).encode()).digest()

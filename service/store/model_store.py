@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.prm.checkpoint import HUB_DATA_FILES, CheckpointError, read_config
+from service.prm.checkpoint import HUB_DATA_FILES, MANIFEST, CheckpointError, read_config
 
 DEFAULT_STORE = Path("model_store")  # where `prm publish` writes, and where serving looks first
-MANIFEST = "prm.json"
 STORE_CONFIG = "store.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 VERSION_PATTERN = re.compile(r"^v([0-9]+)$")
