@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.config import ServeConfig, batch_tokens
-from service.engine import Engine, EngineStopped
+from service.engine import Engine, EngineStopped, Overloaded
 from service.metrics import Metrics
 from service.prm.checkpoint import CheckpointError
 from service.prm.formatting import EncodedItem, ScoringInput
@@ -73,6 +73,7 @@ class Runtime:
         self.draining = False
         self._reload_lock = threading.Lock()
         self._stopped = threading.Event()
+        self._in_flight = 0  # requests inside score(); touched on the event loop only
 
     @property
     def ready(self) -> bool:
@@ -219,22 +220,35 @@ class Runtime:
     async def score(self, encode: Encoder, timeout: float | None = None) -> Scored:
         """Score what `encode` makes of a request with the serving model's tokenizer (off the event loop).
 
-        Work not started within `timeout` seconds is dropped; cancelling this coroutine drops queued work.
-        A request that meets an engine retired by a reload is encoded again for the new model.
+        Admission has its two bounds here and in the engine, as in TEI's core: beyond
+        --max-concurrent-requests requests in flight, or --max-queue-tokens queued tokens, Overloaded (429)
+        at once. Work not started within `timeout` seconds is dropped; cancelling this coroutine drops
+        queued work. A request that meets an engine retired by a reload is encoded again for the new model.
         """
+        limit = self.config.max_concurrent_requests
+        if limit and self._in_flight >= limit:
+            raise Overloaded(f"{self._in_flight} requests are in flight; the limit is {limit}")
+        self._in_flight += 1
+        try:
+            return await self._score(encode, timeout)
+        finally:
+            self._in_flight -= 1
+
+    async def _score(self, encode: Encoder, timeout: float | None) -> Scored:
         while True:
             serving = self._current()
             if serving.upstream is not None and not serving.upstream.up:
                 raise UpstreamUnavailable(self.not_ready_reason)
             encoded = await asyncio.to_thread(encode, serving.prm)
+            tokens = sum(len(item) for item in encoded)
             try:
-                future = serving.engine.submit(encoded, timeout)
+                future = serving.engine.submit(encoded, timeout, tokens=tokens)
             except EngineStopped:
                 if self.serving is serving:
                     raise
                 continue
             scores = await asyncio.wrap_future(future)
-            return Scored(scores, sum(len(item) for item in encoded), serving.prm.name, serving.prm.version)
+            return Scored(scores, tokens, serving.prm.name, serving.prm.version)
 
     def _current(self) -> Serving:
         if self.serving is None or not self.serving.engine.alive:

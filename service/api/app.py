@@ -35,7 +35,6 @@ def create_app(config: ServeConfig, on_fatal: Callable[[], None] | None = None) 
     )
     app.state.runtime = runtime
     app.state.metrics = metrics
-    app.state.in_flight = 0
     app.include_router(router)
     app.include_router(protocols)  # vLLM's /pooling, OpenRLHF's /get_reward
     install_error_handlers(app, metrics)

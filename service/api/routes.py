@@ -21,7 +21,6 @@ from service.api.schemas import (
     StepScores,
     Usage,
 )
-from service.engine import Overloaded
 from service.prm.aggregation import aggregate, rank
 from service.prm.errors import InvalidInput
 from service.prm.formatting import ScoringInput, validate_context
@@ -32,21 +31,8 @@ TIMEOUT_HEADER = "X-Request-Timeout"
 DISCONNECT_POLL_SECONDS = 0.1
 
 
-async def admit(request: Request):
-    """At most --max-concurrent-requests scoring requests in flight; beyond that, 429 at once."""
-    state = request.app.state
-    limit = state.runtime.config.max_concurrent_requests
-    if limit and state.in_flight >= limit:
-        raise Overloaded(f"{state.in_flight} requests are in flight; the limit is {limit}")
-    state.in_flight += 1
-    try:
-        yield
-    finally:
-        state.in_flight -= 1
-
-
 router = APIRouter()
-SCORING = [Depends(require_api_key), Depends(admit)]
+SCORING = [Depends(require_api_key)]
 
 
 def _runtime(request: Request) -> Runtime:
@@ -93,9 +79,11 @@ def check_steps(runtime: Runtime, field: str, steps: list[str]) -> None:
             )
 
 
-def conversations(items: list[tuple[str, ScoringInput]]) -> Encoder:
-    """`(field, item)` pairs as the model card's conversations; `field` names the item in error messages."""
-    return lambda prm: [prm.formatter.encode(item, field) for field, item in items]
+def conversations(items: list[tuple[str, ScoringInput]], context_checked: bool = False) -> Encoder:
+    """`(field, item)` pairs as the model card's conversations; `field` names the item in error messages.
+
+    `context_checked`: every item shares one problem and system prompt, already checked by the route."""
+    return lambda prm: [prm.formatter.encode(item, field, context_checked) for field, item in items]
 
 
 async def score_request(request: Request, encode: Encoder) -> Scored:
@@ -131,7 +119,7 @@ async def score_steps(body: ScoreStepsRequest, request: Request) -> ScoreStepsRe
         where = f"{name}." if name else ""
         check_problem(runtime, f"{where}problem", item.problem)
         check_steps(runtime, f"{where}steps", item.steps)
-        inputs.append((name, ScoringInput(item.problem, item.steps, item.system)))
+        inputs.append((name, item))
     scored = await score_request(request, conversations(inputs))
     usage = Usage(tokens=scored.tokens)
     if body.items is None:
@@ -151,13 +139,13 @@ async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
     """Rank candidate solutions of one problem by their aggregated step scores, best first."""
     runtime = _runtime(request)
     check_count(runtime, "candidates", len(body.candidates))
-    validate_context(body.problem, body.system)
     check_problem(runtime, "problem", body.problem)
+    validate_context(body.problem, body.system)  # once for every candidate
     items = []
     for index, candidate in enumerate(body.candidates):
         check_steps(runtime, f"candidates[{index}].steps", candidate.steps)
         items.append((f"candidates[{index}]", ScoringInput(body.problem, candidate.steps, body.system)))
-    scored = await score_request(request, conversations(items))
+    scored = await score_request(request, conversations(items, context_checked=True))
     solution_scores = [aggregate(scores, body.aggregation) for scores in scored.step_scores]
     order = rank(solution_scores)[: body.top_n]
     results = [

@@ -6,19 +6,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from pydantic_core import PydanticCustomError
 
 from service.prm.aggregation import Aggregation
-from service.prm.formatting import split_steps
+from service.prm.formatting import ScoringInput, split_steps
 
 
 class Strict(BaseModel):
     """Request bodies: unknown fields and loose types are refused, naming the field."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class StepsItem(Strict):
-    problem: str = Field(description="The math problem, as the user turn.")
-    steps: list[str] = Field(min_length=1, description="The solution's steps; one score comes back per step.")
-    system: str | None = Field(None, description="System prompt; defaults to the Qwen2.5-Math one.")
 
 
 class ScoreStepsRequest(Strict):
@@ -36,7 +30,7 @@ class ScoreStepsRequest(Strict):
     problem: str | None = None
     steps: list[str] | None = Field(None, min_length=1)
     system: str | None = None
-    items: list[StepsItem] | None = Field(None, min_length=1)
+    items: list[ScoringInput] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _one_form(self) -> "ScoreStepsRequest":
@@ -47,10 +41,10 @@ class ScoreStepsRequest(Strict):
             raise ValueError("`problem` and `steps` are required (or `items` for a batch)")
         return self
 
-    def as_items(self) -> list[StepsItem]:
+    def as_items(self) -> list[ScoringInput]:
         if self.items is not None:
             return self.items
-        return [StepsItem(problem=self.problem, steps=self.steps, system=self.system)]
+        return [ScoringInput(self.problem, self.steps, self.system)]
 
 
 class Usage(BaseModel):

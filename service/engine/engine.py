@@ -91,8 +91,9 @@ class Engine:
     def alive(self) -> bool:
         return self.worker_error is None
 
-    def submit(self, items: list[EncodedItem], timeout: float | None = None) -> Future:
-        """Queue `items`; the future yields their step scores in the same order.
+    def submit(self, items: list[EncodedItem], timeout: float | None = None, tokens: int | None = None) -> Future:
+        """Queue `items` (`tokens` long in all, if the caller has counted); the future yields their step scores
+        in the same order.
 
         Work not started within `timeout` seconds is dropped with `DeadlineExceeded`; cancelling
         the future (the client went away) drops the work that has not started.
@@ -101,7 +102,7 @@ class Engine:
         if not items:
             job.future.set_result([])
             return job.future
-        tokens = sum(len(item) for item in items)
+        tokens = sum(len(item) for item in items) if tokens is None else tokens
         now = time.perf_counter()
         with self._condition:
             if self._stopping or self.worker_error is not None:

@@ -21,11 +21,14 @@ _SURROGATE = re.compile("[\\ud800-\\udfff]")
 
 @dataclass(frozen=True)
 class ScoringInput:
-    """One solution to score: its step texts after the problem."""
+    """One solution to score: its step texts after the problem. Also a `/score_steps` item as it arrives: the
+    API validates request bodies into this very type (service.api.schemas), refusing unknown fields."""
 
-    problem: str
-    steps: list[str]
-    system: str | None = None
+    __pydantic_config__ = {"extra": "forbid"}  # read by pydantic only; JSON gives no loose types to coerce
+
+    problem: str  # the math problem, as the user turn
+    steps: list[str]  # the solution's steps; one score comes back per step
+    system: str | None = None  # the system prompt; None: the Qwen2.5-Math one
 
 
 @dataclass(frozen=True)
@@ -61,9 +64,12 @@ class PRMFormatter:
         ]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
 
-    def encode(self, item: ScoringInput, field: str = "") -> EncodedItem:
-        """Validate, render and tokenise one item; `field` prefixes error locations (e.g. `items[3]`)."""
-        validate(item, field)
+    def encode(self, item: ScoringInput, field: str = "", context_checked: bool = False) -> EncodedItem:
+        """Validate, render and tokenise one item; `field` prefixes error locations (e.g. `items[3]`).
+
+        `context_checked`: the caller has already run `validate_context` on this problem and system prompt
+        (candidates of one /rerank problem), so only the steps are checked here."""
+        validate(item, field, context_checked)
         input_ids = self.tokenizer(self.render(item))["input_ids"]
         positions = [i for i, token in enumerate(input_ids) if token == self.separator_id]
         if len(positions) != len(item.steps):
@@ -117,13 +123,14 @@ def split_steps(text: str) -> list[str]:
     return [part.strip() for part in text.split("\n\n") if part.strip()]
 
 
-def validate(item: ScoringInput, field: str = "") -> None:
+def validate(item: ScoringInput, field: str = "", context_checked: bool = False) -> None:
     """Reject what cannot give exactly one meaningful score per step.
 
     Every step needs text: an empty or whitespace-only step has nothing for the model to judge, and
     raw text split on blank lines never yields one, so both endpoints refuse it alike.
     """
-    validate_context(item.problem, item.system, field)
+    if not context_checked:
+        validate_context(item.problem, item.system, field)
     if not item.steps:
         raise InvalidInput(_join(field, "steps"), "must contain at least one step")
     for index, step in enumerate(item.steps):
