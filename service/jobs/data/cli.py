@@ -5,9 +5,11 @@ start (server unreachable, unknown model, unreadable input, bad option).
 """
 
 import asyncio
+import functools
+import inspect
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -39,7 +41,8 @@ class BackendKind(StrEnum):
 
 @dataclass(frozen=True)
 class Client:
-    """How a job reaches its language model, as the command line gives it; the defaults of its options."""
+    """How a job reaches its language model, as the command line gives it (`client_options`); the defaults of
+    its options."""
 
     model: str
     backend: BackendKind = BackendKind.openai
@@ -51,11 +54,6 @@ class Client:
     max_retries: int = 5
     device: str = ServeConfig.device  # --backend transformers
     batch_size: int = 32  # --backend transformers
-
-    @classmethod
-    def of(cls, options: dict) -> "Client":
-        """The command's parameters (its `locals()`) that are this class's fields."""
-        return cls(**{name: options[name] for name in cls.__dataclass_fields__ if name in options})
 
 
 def _shard(text: str) -> Shard:
@@ -111,6 +109,42 @@ Out = Annotated[Path, typer.Option(help="Output JSONL; appended to: a rerun skip
 Responses = Annotated[Path, typer.Option("--in", exists=True, dir_okay=False, help="Responses from `prm generate`.")]
 
 
+CLIENT_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+    for name, annotation, default in [
+        ("model", Model, inspect.Parameter.empty),
+        ("base_url", BaseUrl, Client.base_url),
+        ("api_key", ApiKey, Client.api_key),
+        ("backend", Kind, Client.backend),
+        ("concurrency", Concurrency, Client.concurrency),
+        ("max_retries", MaxRetries, Client.max_retries),
+        ("request_timeout", RequestTimeout, Client.request_timeout),
+        ("device", Device, Client.device),
+        ("batch_size", BatchSize, Client.batch_size),
+    ]
+]
+
+
+def client_options(command: Callable) -> Callable:
+    """Give `command` the options of how a job reaches its model, as one `client: Client` argument.
+
+    Typer reads a command's options from its signature, so these are written once, here, and added to the
+    signature of each data job that talks to a model (generate, annotate mc, annotate judge).
+    """
+    own = [parameter for parameter in inspect.signature(command).parameters.values() if parameter.name != "client"]
+    # Typer reads types from `__annotations__` too; both must list what the command line offers.
+
+    @functools.wraps(command)
+    def with_client(**values):
+        client = Client(**{parameter.name: values.pop(parameter.name) for parameter in CLIENT_OPTIONS})
+        return command(client=client, **values)
+
+    with_client.__signature__ = inspect.Signature([*own, *CLIENT_OPTIONS])
+    with_client.__annotations__ = {parameter.name: parameter.annotation for parameter in [*own, *CLIENT_OPTIONS]}
+    return with_client
+
+
+@client_options
 def generate(
     problems: Annotated[
         Path,
@@ -121,23 +155,16 @@ def generate(
         ),
     ],
     out: Out,
-    model: Model,
     n: Annotated[int, typer.Option(min=1, help="Responses per problem.")] = 8,
-    base_url: BaseUrl = Client.base_url,
-    api_key: ApiKey = Client.api_key,
-    backend: Kind = Client.backend,
     temperature: Annotated[float, typer.Option(min=0, help="Sampling temperature.")] = Sampling.temperature,
     top_p: TopP = Sampling.top_p,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens in a response.")] = Sampling.max_tokens,
     system: System = DEFAULT_SYSTEM,
-    concurrency: Concurrency = Client.concurrency,
     shard: ShardOption = str(WHOLE),
-    max_retries: MaxRetries = Client.max_retries,
-    request_timeout: RequestTimeout = Client.request_timeout,
     grade_workers: GradeWorkers = GRADE_WORKERS,
     grade_timeout: GradeTimeout = GRADE_TIMEOUT,
-    device: Device = Client.device,
-    batch_size: BatchSize = Client.batch_size,
+    *,
+    client: Client,
 ) -> None:
     """Sample N responses per problem from a policy, split them into steps on blank lines, grade their answers.
 
@@ -150,44 +177,39 @@ def generate(
     from service.jobs.data.answers import Grader
     from service.jobs.data.generate import generate as job
 
-    client = _backend(Client.of(locals()), Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens))
+    backend = _backend(client, Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens))
 
     async def run(output: JsonlOutput) -> JobStats:
         async with Grader(grade_workers, grade_timeout) as grader:
             return await job(
-                problems, output, client, grader, n=n, system=system or None, shard=shard, concurrency=concurrency
-            )
+                problems, output, backend, grader, n=n, system=system or None, shard=shard,
+                concurrency=client.concurrency,
+            )  # fmt: skip
 
-    _run(out, client, run)
+    _run(out, backend, run)
 
 
 @annotate_app.command("mc")
+@client_options
 def annotate_mc(
     responses: Responses,
     out: Out,
-    model: Model,
     k: Annotated[int, typer.Option(min=1, help="Completions from each step.")] = 8,
-    base_url: BaseUrl = Client.base_url,
-    api_key: ApiKey = Client.api_key,
     tokenizer: Annotated[
         str | None,
         typer.Option(help="Tokenizer (path or Hub id) that renders continuation prompts (default: --model)."),
     ] = None,
-    backend: Kind = Client.backend,
     temperature: Annotated[
         float, typer.Option(min=0, help="Sampling temperature of the completions.")
     ] = Sampling.temperature,
     top_p: TopP = Sampling.top_p,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens in a completion.")] = Sampling.max_tokens,
     system: System = DEFAULT_SYSTEM,
-    concurrency: Concurrency = Client.concurrency,
     shard: ShardOption = str(WHOLE),
-    max_retries: MaxRetries = Client.max_retries,
-    request_timeout: RequestTimeout = Client.request_timeout,
     grade_workers: GradeWorkers = GRADE_WORKERS,
     grade_timeout: GradeTimeout = GRADE_TIMEOUT,
-    device: Device = Client.device,
-    batch_size: BatchSize = Client.batch_size,
+    *,
+    client: Client,
 ) -> None:
     """Monte Carlo labels: from each step, K completions continue the solution; a step is wrong if none of
     them reaches the gold answer.
@@ -204,33 +226,28 @@ def annotate_mc(
     from service.jobs.data.answers import Grader
 
     sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-    client = _backend(Client.of({**locals(), "tokenizer": tokenizer or model}), sampling)
+    backend = _backend(replace(client, tokenizer=tokenizer or client.model), sampling)
 
     async def run(output: JsonlOutput) -> JobStats:
         async with Grader(grade_workers, grade_timeout) as grader:
             return await job(
-                responses, output, client, grader, k=k, system=system or None, shard=shard, concurrency=concurrency
-            )
+                responses, output, backend, grader, k=k, system=system or None, shard=shard,
+                concurrency=client.concurrency,
+            )  # fmt: skip
 
-    _run(out, client, run)
+    _run(out, backend, run)
 
 
 @annotate_app.command("judge")
+@client_options
 def annotate_judge(
     responses: Responses,
     out: Out,
-    model: Model,
-    base_url: BaseUrl = Client.base_url,
-    api_key: ApiKey = Client.api_key,
-    backend: Kind = Client.backend,
     temperature: Annotated[float, typer.Option(min=0, help="Sampling temperature of the judge.")] = 0.0,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens in a critique.")] = 4096,
-    concurrency: Concurrency = Client.concurrency,
     shard: ShardOption = str(WHOLE),
-    max_retries: MaxRetries = Client.max_retries,
-    request_timeout: RequestTimeout = Client.request_timeout,
-    device: Device = Client.device,
-    batch_size: BatchSize = Client.batch_size,
+    *,
+    client: Client,
 ) -> None:
     """LLM-as-a-judge labels: the judge reviews the paragraphs in order and boxes the index of the first wrong
     one, or -1.
@@ -242,12 +259,12 @@ def annotate_judge(
     """
     from service.jobs.data.annotate_judge import annotate_judge as job
 
-    client = _backend(Client.of(locals()), Sampling(temperature=temperature, max_tokens=max_tokens))
+    backend = _backend(client, Sampling(temperature=temperature, max_tokens=max_tokens))
 
     async def run(output: JsonlOutput) -> JobStats:
-        return await job(responses, output, client, shard=shard, concurrency=concurrency)
+        return await job(responses, output, backend, shard=shard, concurrency=client.concurrency)
 
-    _run(out, client, run)
+    _run(out, backend, run)
 
 
 @filter_app.command("consensus")

@@ -25,10 +25,15 @@ class TransformersBackend:
         self._worker: asyncio.Task | None = None
 
     async def start(self) -> None:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        device = self._device if self._device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+        from service.prm.checkpoint import CheckpointError
+        from service.prm.loading import resolve_device
+
+        try:
+            device = resolve_device(self._device)  # as `prm serve --device` reads it
+        except CheckpointError as error:
+            raise BackendUnavailable(str(error)) from None
         try:
             self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.model, padding_side="left")
             self._lm = await asyncio.to_thread(AutoModelForCausalLM.from_pretrained, self.model, dtype="auto")
