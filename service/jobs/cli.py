@@ -180,7 +180,8 @@ def train(
     from service.jobs.train.run import train_and_evaluate
 
     main_process = process_rank() == 0  # under torchrun / accelerate launch, only rank 0 logs and prints
-    configure_logging(values.pop("log_level") if main_process else "error")
+    log_level = values.pop("log_level")
+    configure_logging(log_level if main_process else "error")
     processbench_files = values.pop("eval_processbench") or []
     options = TrainOptions(**values, scratch=ScratchShape(**shape))
     with input_errors():
