@@ -120,6 +120,18 @@ def serve(
             help="Compute a token prefix shared by sequences of one batch once, if at least this long (0: off).",
         ),
     ] = ServeConfig.min_shared_prefix,
+    prefix_cache_mb: Annotated[
+        float | None,
+        typer.Option(
+            envvar="PRM_PREFIX_CACHE_MB",
+            min=0,
+            help="MiB of attention keys and values kept for recent token prefixes, so that a request continuing "
+            "one (a search step, a group's prompt) computes only its new tokens (0: off; default: 1024 on CPU, "
+            "8192 on CUDA, at most a quarter of the memory free after loading; a size that does not fit is "
+            "refused).",
+            show_default=False,
+        ),
+    ] = ServeConfig.prefix_cache_mb,
     max_concurrent_requests: Annotated[
         int,
         typer.Option(
@@ -196,6 +208,8 @@ def serve(
 ) -> None:
     """Serve /score_steps, /rerank, /health, /ready, /metrics and /v1/models over HTTP."""
     config = ServeConfig(**locals())  # the parameters are ServeConfig's fields, by name
+    if config.vllm_url and config.prefix_cache_mb:
+        usage_error("prm serve: --prefix-cache-mb is for a model loaded here; vLLM behind --vllm-url has its own")
     try:  # a missing store, a typo in --model or a store without a default: one line, before anything starts
         resolve_model(config.model, open_store(config.store))
     except StoreError as error:

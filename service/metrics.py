@@ -57,6 +57,16 @@ class Metrics:
         self.prefix_tokens_reused = Counter(
             "prm_prefix_tokens_reused", "Tokens not recomputed because a batch shared their prefix", registry=r
         )
+        self.prefix_cache_hit_tokens = Counter(
+            "prm_prefix_cache_hit_tokens", "Tokens whose keys and values came from the prefix cache", registry=r
+        )
+        self.prefix_cache_miss_tokens = Counter(
+            "prm_prefix_cache_miss_tokens", "Tokens scored without the prefix cache (computed or shared)", registry=r
+        )
+        self.prefix_cache_bytes = Gauge("prm_prefix_cache_bytes", "Bytes the prefix cache holds", registry=r)
+        self.prefix_cache_evictions = Counter(
+            "prm_prefix_cache_evictions", "Prefix cache entries evicted to make room", registry=r
+        )
         self.dropped_sequences = Counter(
             "prm_dropped_sequences", "Queued sequences dropped unscored, by reason", ["reason"], registry=r
         )

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.config import ServeConfig, batch_tokens
+from service.config import DEFAULT_PREFIX_CACHE_MB, ServeConfig, batch_tokens
 from service.engine import Engine, EngineStopped, Overloaded
 from service.metrics import Metrics
 from service.prm.checkpoint import CheckpointError
 from service.prm.formatting import EncodedItem, ScoringInput
 from service.prm.loading import FAMILY, LoadedPRM, load_prm, load_tokenizer
+from service.prm.prefix_cache import PrefixCache, PrefixCacheTooLarge, free_bytes
 from service.prm.scorer import PackedScorer
 from service.store import open_store, resolve_model
 from service.upstream import UpstreamUnavailable, VLLMScorer
@@ -46,6 +47,7 @@ class Serving:
     prm: LoadedPRM
     engine: Engine
     upstream: VLLMScorer | None = None  # with --vllm-url: the backend, whose health is the server's
+    cache: PrefixCache | None = None  # the model's own prefix cache, if on
 
     def retire(self, timeout: float | None = None) -> None:
         """Finish what the engine has queued (within `timeout`), then let go of the upstream's connections."""
@@ -93,6 +95,9 @@ class Runtime:
     def _first_load(self) -> None:
         try:
             self._swap_in(self._load())
+        except PrefixCacheTooLarge as error:
+            self._fatal(str(error))
+            return
         except Exception as error:
             what = repr(self.config.model) if self.config.model else "the store's default model"
             self._fatal(f"could not load {what}: {type(error).__name__}: {error}")
@@ -141,10 +146,12 @@ class Runtime:
         if self.config.vllm_url:
             prm = load_tokenizer(source, name)
             upstream = self._connect_upstream(source, prm)
-            scorer, budget_key = upstream, "vllm"
+            scorer, budget_key, cache = upstream, "vllm", None
         else:
             prm = load_prm(source, device=self.config.device, dtype=self.config.dtype, name=name)
-            upstream, scorer, budget_key = None, PackedScorer(prm, self.config.min_shared_prefix), prm.device.type
+            cache = self._prefix_cache(prm, first_load=self.serving is None)
+            upstream, budget_key = None, prm.device.type
+            scorer = PackedScorer(prm, self.config.min_shared_prefix, cache)
         engine = Engine(
             scorer,
             self.metrics,
@@ -155,7 +162,26 @@ class Runtime:
         )
         engine.start()
         engine.submit([prm.formatter.encode(WARMUP_ITEM)]).result()
-        return Serving(prm, engine, upstream)
+        return Serving(prm, engine, upstream, cache)
+
+    def _prefix_cache(self, prm: LoadedPRM, first_load: bool) -> PrefixCache | None:
+        """A new, empty cache for a newly loaded model, so no other model's keys and values are ever served.
+
+        A size that the device cannot hold is refused at startup (on a reload, the old model's weights and
+        cache are still resident, so the check would only measure them)."""
+        free = free_bytes(prm.device)
+        wanted = self.config.prefix_cache_mb
+        if wanted is None:
+            wanted = min(DEFAULT_PREFIX_CACHE_MB.get(prm.device.type, 0), free / 4 / 2**20)
+        elif first_load and wanted * 2**20 > free:
+            raise PrefixCacheTooLarge(
+                f"--prefix-cache-mb {wanted:.10g} does not fit: {prm.device} has {free / 2**20:.0f} MiB free after "
+                "loading the model; give a smaller size, or 0 to turn the cache off"
+            )
+        if not wanted:
+            return None
+        log.info("prefix cache: %.0f MiB on %s", wanted, prm.device)
+        return PrefixCache(int(wanted * 2**20), prm.formatter.boundary_ids, self.config.min_shared_prefix, self.metrics)
 
     def _connect_upstream(self, source: str, prm: LoadedPRM) -> VLLMScorer:
         """The vLLM server behind --vllm-url, once it answers and serves this model; then its health is polled."""
@@ -215,6 +241,7 @@ class Runtime:
             "dtype": str(prm.dtype).removeprefix("torch."),
             "device": f"vllm {serving.upstream.url}" if serving.upstream else str(prm.device),
             "max_length": prm.max_length,
+            "prefix_cache_mb": serving.cache.capacity_bytes / 2**20 if serving.cache else 0,
         }
 
     async def score(self, encode: Encoder, timeout: float | None = None) -> Scored:

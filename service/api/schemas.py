@@ -124,6 +124,7 @@ class ModelCard(BaseModel):
     dtype: str
     device: str
     max_length: int
+    prefix_cache_mb: float = Field(description="Size of the prefix cache across requests (0: off).")
 
 
 class ModelList(BaseModel):

@@ -225,7 +225,7 @@ class Engine:
         tokens = sum(len(work) for work in batch)
         self.metrics.batch_tokens.observe(tokens)
         self.metrics.tokens_scored.inc(tokens)
-        self.metrics.prefix_tokens_reused.inc(tokens - scored.computed_tokens)
+        self.metrics.prefix_tokens_reused.inc(tokens - scored.computed_tokens - scored.cached_tokens)
         self.metrics.steps_scored.inc(sum(len(s) for s in scored.scores))
         for work, item_scores in zip(batch, scored.scores, strict=True):
             job = work.job

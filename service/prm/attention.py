@@ -31,6 +31,8 @@ def packed_attention(
     """Attention within each packed segment; (1, heads, rows, d) in, (1, rows, heads, d) out."""
     if packed is None:
         raise RuntimeError(f"the {ATTENTION_NAME} attention needs a PackedBatch passed as `packed=`")
+    if packed.hits or packed.keep_spans:
+        key, value = _with_cache(module.layer_idx, key, value, packed)
     if query.is_cuda and _varlen_attn is not None:
         return _varlen(query, key, value, scaling, packed), None
     outputs = []
@@ -51,6 +53,19 @@ def packed_attention(
             )
         )
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _with_cache(layer: int, key, value, packed: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values with the cache's kept prefixes appended past the row (where segments' contexts may
+    point), after copying out this layer's keys and values of the items the cache will keep."""
+    if packed.hits:
+        key = torch.cat([key, *(hit.entry.keys[layer][None, :, : hit.length] for hit in packed.hits)], dim=2)
+        value = torch.cat([value, *(hit.entry.values[layer][None, :, : hit.length] for hit in packed.hits)], dim=2)
+    for item, spans in packed.keep_spans.items():
+        keys, values = packed.kept.setdefault(item, ([], []))
+        keys.append(torch.cat([key[0, :, start:end] for start, end in spans], dim=1))
+        values.append(torch.cat([value[0, :, start:end] for start, end in spans], dim=1))
+    return key, value
 
 
 def _varlen(query, key, value, scaling: float, packed: PackedBatch) -> torch.Tensor:

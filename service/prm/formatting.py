@@ -54,6 +54,9 @@ class PRMFormatter:
         self.tokenizer = tokenizer
         self.separator_id = separator_id
         self.max_length = max_length
+        # The tokens a conversation's structure turns on (separators, chat-template markers): where a
+        # prefix that later conversations may continue can end (service.prm.prefix_cache).
+        self.boundary_ids = frozenset(tokenizer.all_special_ids) | {separator_id}
 
     def render(self, item: ScoringInput) -> str:
         """The conversation text exactly as the model card builds it."""

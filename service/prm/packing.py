@@ -7,12 +7,13 @@ prompt, a partial solution), to that prefix's keys and values, which are compute
 once. Every sequence gets exactly the attention it would get alone.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from service.config import MIN_SHARED_PREFIX
 from service.prm.formatting import EncodedItem
+from service.prm.prefix_cache import Hit
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,8 @@ class PackedBatch:
     input_ids: torch.Tensor  # (1, rows)
     position_ids: torch.Tensor  # (1, rows): a continuation's positions go on from its prefix
     segments: list[Segment]
-    separator_index: torch.Tensor  # rows of every item's separators, items in input order
-    separator_counts: list[int]  # separators per item, in input order
+    separator_index: torch.Tensor  # rows of every item's computed separators, items in input order
+    separator_counts: list[int]  # computed separators per item, in input order
     requested_tokens: int  # what the items would cost unshared
     # For varlen kernels: queries are the row, segment by segment; keys/values are the rows
     # `kv_index` gathers (each segment's context, then itself), or the row itself if None.
@@ -41,10 +42,23 @@ class PackedBatch:
     max_length_q: int
     max_length_k: int
     kv_index: torch.Tensor | None
+    # Across requests (service.prm.prefix_cache): keys/values rows go on past the packed row with each
+    # hit's kept prefix, in this order, so a segment's context may lie there; the step scores at separators
+    # inside a hit come with it (`cached_scores`, before the item's computed ones).
+    hits: list[Hit] = field(default_factory=list)
+    cached_scores: list[list[float]] = field(default_factory=list)
+    # Per item to keep: its keys/values rows (spans of the extended rows), which attention copies out layer
+    # by layer into `kept[item]` as (keys, values) lists.
+    keep_spans: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    kept: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = field(default_factory=dict)
 
     @property
     def computed_tokens(self) -> int:
         return self.input_ids.shape[1]
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum(hit.length for hit in self.hits)
 
     def to(self, device: torch.device) -> "PackedBatch":
         """The tensors on `device`; copies from pinned memory do not block the host."""
@@ -59,12 +73,24 @@ class PackedBatch:
         )
 
 
-def pack(items: list[EncodedItem], min_shared_prefix: int = MIN_SHARED_PREFIX) -> PackedBatch:
-    """Lay items out in one row, each shared prefix once (0 disables sharing)."""
+def pack(
+    items: list[EncodedItem],
+    min_shared_prefix: int = MIN_SHARED_PREFIX,
+    hits: list[Hit | None] | None = None,
+    keep: list[int] | None = None,
+) -> PackedBatch:
+    """Lay items out in one row, each shared prefix once (0 disables sharing).
+
+    `hits[i]`: a kept prefix that item i continues, so only its tokens after it are laid out; `keep[i]`:
+    how many of item i's tokens to copy out for the cache (0: none).
+    """
+    hits = hits or [None] * len(items)
     ids: list[int] = []
     positions: list[int] = []
-    segments: list[Segment] = []
+    segments: list[Segment | tuple[int, int, int]] = []  # (start, end, hit number) until the row is complete
     separator_rows: list[list[int]] = [[] for _ in items]
+    context_spans: list[list[tuple[int, int]]] = [[] for _ in items]  # the keys/values rows before its own
+    own_starts = [0] * len(items)
 
     def append(tokens: list[int], first_position: int, context: tuple[int, int] | None = None) -> int:
         start = len(ids)
@@ -73,10 +99,22 @@ def pack(items: list[EncodedItem], min_shared_prefix: int = MIN_SHARED_PREFIX) -
         segments.append(Segment(start, len(ids), context))
         return start
 
-    for prefix_length, members in _prefix_groups(items, min_shared_prefix):
+    used = [(index, hit) for index, hit in enumerate(hits) if hit is not None]
+    for number, (index, hit) in enumerate(used):
+        item = items[index]
+        start = len(ids)
+        ids.extend(item.input_ids[hit.length :])
+        positions.extend(range(hit.length, len(item)))
+        segments.append((start, len(ids), number))
+        own_starts[index] = start - hit.length
+        separator_rows[index] = [start + p - hit.length for p in item.separator_positions if p >= hit.length]
+    misses = [index for index, hit in enumerate(hits) if hit is None]
+    for prefix_length, members in _prefix_groups([items[i] for i in misses], min_shared_prefix):
+        members = [misses[member] for member in members]
         if len(members) == 1:
             item = items[members[0]]
             start = append(item.input_ids, 0)
+            own_starts[members[0]] = start
             separator_rows[members[0]] = [start + p for p in item.separator_positions]
             continue
         prefix_start = append(items[members[0]].input_ids[:prefix_length], 0)
@@ -84,29 +122,64 @@ def pack(items: list[EncodedItem], min_shared_prefix: int = MIN_SHARED_PREFIX) -
         for index in members:
             item = items[index]
             start = append(item.input_ids[prefix_length:], prefix_length, context)
+            context_spans[index] = [context]
+            own_starts[index] = start - prefix_length
             separator_rows[index] = [
                 prefix_start + p if p < prefix_length else start + p - prefix_length for p in item.separator_positions
             ]
 
+    # Kept prefixes lie past the row: hit `number` at rows [extension[number], + its length).
+    extension = _cumulative([hit.length for _, hit in used], start=len(ids))
+    for (index, hit), first_row in zip(used, extension, strict=False):
+        context_spans[index] = [(first_row, first_row + hit.length)]
+    segments = [
+        Segment(s[0], s[1], (extension[s[2]], extension[s[2]] + used[s[2]][1].length)) if isinstance(s, tuple) else s
+        for s in segments
+    ]
+    keep_spans = {
+        index: _keep_spans(context_spans[index], own_starts[index], length)
+        for index, length in enumerate(keep or [])
+        if length
+    }
     query_lengths = [s.end - s.start for s in segments]
     context_lengths = [s.context[1] - s.context[0] if s.context else 0 for s in segments]
     key_lengths = [q + c for q, c in zip(query_lengths, context_lengths, strict=True)]
     shared = any(context_lengths)
     kv_rows = [row for s in segments for row in (*_rows(s.context), *range(s.start, s.end))] if shared else None
     pin = torch.cuda.is_available()
+    cached_scores = [
+        [hit.entry.scores[p] for p in item.separator_positions if p < hit.length] if hit else []
+        for item, hit in zip(items, hits, strict=True)
+    ]
     return PackedBatch(
         input_ids=_tensor([ids], torch.long, pin),
         position_ids=_tensor([positions], torch.long, pin),
         segments=segments,
         separator_index=_tensor([row for rows in separator_rows for row in rows], torch.long, pin),
-        separator_counts=[len(item.separator_positions) for item in items],
+        separator_counts=[len(rows) for rows in separator_rows],
         requested_tokens=sum(len(item) for item in items),
         cu_seqlens_q=_tensor(_cumulative(query_lengths), torch.int32, pin),
         cu_seqlens_k=_tensor(_cumulative(key_lengths), torch.int32, pin),
         max_length_q=max(query_lengths),
         max_length_k=max(key_lengths),
         kv_index=_tensor(kv_rows, torch.long, pin) if shared else None,
+        hits=[hit for _, hit in used],
+        cached_scores=cached_scores,
+        keep_spans=keep_spans,
     )
+
+
+def _keep_spans(context: list[tuple[int, int]], own_start: int, length: int) -> list[tuple[int, int]]:
+    """The keys/values rows of an item's first `length` tokens: its context, then its own rows (which begin
+    at row `own_start` + the context's length, so that own_start + p is token p's row past the context)."""
+    spans, covered = [], 0
+    for start, end in context:
+        take = min(end - start, length - covered)
+        spans.append((start, start + take))
+        covered += take
+    if covered < length:
+        spans.append((own_start + covered, own_start + length))
+    return spans
 
 
 def _prefix_groups(items: list[EncodedItem], min_shared_prefix: int) -> list[tuple[int, list[int]]]:
@@ -148,8 +221,8 @@ def _rows(span: tuple[int, int] | None) -> range:
     return range(*span) if span else range(0)
 
 
-def _cumulative(lengths: list[int]) -> list[int]:
-    total, out = 0, [0]
+def _cumulative(lengths: list[int], start: int = 0) -> list[int]:
+    total, out = start, [start]
     for length in lengths:
         total += length
         out.append(total)

@@ -16,13 +16,15 @@ from service.config import MIN_SHARED_PREFIX
 from service.prm.errors import DeviceOutOfMemory
 from service.prm.formatting import EncodedItem
 from service.prm.loading import LoadedPRM
-from service.prm.packing import pack
+from service.prm.packing import PackedBatch, pack
+from service.prm.prefix_cache import Hit, PrefixCache
 
 
 @dataclass(frozen=True)
 class ScoredBatch:
     scores: list[list[float]]  # per item, in input order
     computed_tokens: int  # tokens run through the model; fewer than requested when prefixes are shared
+    cached_tokens: int = 0  # tokens whose keys and values came from the prefix cache
 
 
 Pending = Callable[[], ScoredBatch]
@@ -33,19 +35,40 @@ class Scorer(Protocol):
 
 
 class PackedScorer:
-    """One padding-free packed forward per batch, shared prefixes computed once, one device-to-host copy."""
+    """One padding-free packed forward per batch, shared prefixes computed once, one device-to-host copy.
 
-    def __init__(self, prm: LoadedPRM, min_shared_prefix: int = MIN_SHARED_PREFIX):
+    With a `cache`, prefixes kept from earlier batches are not computed again (service.prm.prefix_cache).
+    """
+
+    def __init__(self, prm: LoadedPRM, min_shared_prefix: int = MIN_SHARED_PREFIX, cache: PrefixCache | None = None):
         self.prm = prm
         self.min_shared_prefix = min_shared_prefix
+        self.cache = cache
 
     def launch(self, items: list[EncodedItem]) -> Pending:
-        batch = pack(items, self.min_shared_prefix).to(self.prm.device)
+        cache = self.cache
+        hits = [cache.lookup(item.input_ids) for item in items] if cache is not None else None
+        keep = (
+            [_worth_keeping(cache, item, hit) for item, hit in zip(items, hits, strict=True)]
+            if cache is not None
+            else None
+        )
+        used = [hit for hit in hits or [] if hit is not None]
+        if cache is not None:
+            cache.pin(used)  # never evicted while this batch reads them
         try:
+            batch = pack(items, self.min_shared_prefix, hits, keep).to(self.prm.device)
             probabilities = self.prm.model.step_scores(batch).to("cpu", non_blocking=True)
         except torch.OutOfMemoryError as error:
+            if cache is not None:  # the cache yields its memory before a request fails
+                cache.unpin(used)
+                cache.clear()
             torch.cuda.empty_cache()
             raise DeviceOutOfMemory(str(error)) from error
+        except BaseException:
+            if cache is not None:
+                cache.unpin(used)
+            raise
         done = torch.cuda.Event() if probabilities.is_pinned() else None
         if done is not None:
             done.record()
@@ -55,12 +78,29 @@ class PackedScorer:
                 done.synchronize()
             flat = probabilities.tolist()
             scores, start = [], 0
-            for count in batch.separator_counts:
-                scores.append(flat[start : start + count])
+            for cached, count in zip(batch.cached_scores, batch.separator_counts, strict=True):
+                scores.append(cached + flat[start : start + count])
                 start += count
-            return ScoredBatch(scores, batch.computed_tokens)
+            if cache is not None:
+                cache.unpin(used)  # what this batch read is copied into what it keeps: it may go now
+                _keep(cache, items, batch, scores)
+                cache.record(hit_tokens=batch.cached_tokens, miss_tokens=batch.requested_tokens - batch.cached_tokens)
+            return ScoredBatch(scores, batch.computed_tokens, batch.cached_tokens)
 
         return result
 
     def score(self, items: list[EncodedItem]) -> ScoredBatch:
         return self.launch(items)()
+
+
+def _worth_keeping(cache: PrefixCache, item: EncodedItem, hit: Hit | None) -> int:
+    """How many of the item's tokens to keep: up to its last boundary, unless a hit holds them already."""
+    length = cache.last_boundary(item.input_ids)
+    return length if hit is None or length > hit.length else 0
+
+
+def _keep(cache: PrefixCache, items: list[EncodedItem], batch: PackedBatch, scores: list[list[float]]) -> None:
+    for index, (keys, values) in batch.kept.items():
+        item, length = items[index], keys[0].shape[1]
+        separators = {p: score for p, score in zip(item.separator_positions, scores[index], strict=True) if p < length}
+        cache.insert(item.input_ids[:length], keys, values, separators)

@@ -1,0 +1,186 @@
+"""Attention keys and values of recent token prefixes, kept on the device across requests.
+
+Search loops re-score a beam's whole solution at each new step, RL groups send one prompt's responses
+one request at a time, rerankers send the same candidates again. Each conversation a batch scores is
+kept here, up to its last *boundary*: a position just after a special token (a step separator, a
+chat-template token). A later conversation that begins with a kept prefix, up to one of its own
+boundaries, computes only its new tokens and attends to the kept keys and values; the step scores at
+separators inside the prefix are kept too, since a position's hidden state depends only on the tokens
+before it. So a walk that adds one step shares everything up to the previous last separator, but not
+the closing tokens of the chat template, and a group of responses shares its prompt.
+
+Keys are exact token-id prefixes: a digest of the ids up to each boundary indexes the entry, and a hit
+compares the ids themselves. Entries are evicted least recently used first, by bytes; an entry that a
+batch in flight reads is pinned and never evicted under it. One cache belongs to one loaded model (its
+PackedScorer), so a reload or a `--watch` swap never serves another model's keys and values. Only the
+engine's worker thread uses it.
+"""
+
+import hashlib
+import os
+from array import array
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+class PrefixCacheTooLarge(ValueError):
+    """The cache size asked for does not fit in the device's free memory."""
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory this process may still take on `device`: free GPU memory, or on CPU what the system has
+    available within the cgroup's memory limit."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    free = _meminfo_available() or os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    limit, used = _read_int(Path("/sys/fs/cgroup/memory.max")), _read_int(Path("/sys/fs/cgroup/memory.current"))
+    return min(free, limit - used) if limit is not None and used is not None else free
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())  # "max" (no limit) is not an int
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(eq=False)
+class CachedPrefix:
+    """One conversation's prefix: its ids, its keys and values per layer, its step scores inside it."""
+
+    tokens: list[int]
+    keys: list[torch.Tensor]  # per layer: (key/value heads, len(tokens), head_dim), after RoPE
+    values: list[torch.Tensor]
+    scores: dict[int, float]  # position of each separator inside the prefix -> its step score
+    nbytes: int
+    digests: set[bytes] = field(default_factory=set)  # the index keys that lead here
+    pins: int = 0  # batches in flight that read it
+
+
+@dataclass(frozen=True)
+class Hit:
+    entry: CachedPrefix
+    length: int  # tokens of the conversation that the entry holds: reused, not computed
+
+
+class PrefixCache:
+    def __init__(self, capacity_bytes: int, boundary_ids: frozenset[int], min_length: int, metrics=None):
+        """`boundary_ids`: the special tokens after which a prefix may end; `min_length`: shorter prefixes
+        are not worth attending to from the cache (the packing's --min-shared-prefix); `metrics`:
+        service.metrics.Metrics, or None."""
+        self.capacity_bytes = capacity_bytes
+        self.boundary_ids = boundary_ids
+        self.min_length = max(1, min_length)
+        self.metrics = metrics
+        self.bytes = 0
+        self._entries: OrderedDict[int, CachedPrefix] = OrderedDict()  # by id(), least recently used first
+        self._index: dict[bytes, CachedPrefix] = {}
+        self._publish()
+
+    @property
+    def entries(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, tokens: list[int]) -> Hit | None:
+        """The longest kept prefix of `tokens` that ends at one of its boundaries (at least one token is left
+        to compute); the entry counts as just used."""
+        for length, digest in reversed(self._digests(tokens, len(tokens) - 1)):
+            if length < self.min_length:
+                return None
+            entry = self._index.get(digest)
+            if entry is not None and entry.tokens[:length] == tokens[:length]:
+                self._entries.move_to_end(id(entry))
+                return Hit(entry, length)
+        return None
+
+    def last_boundary(self, tokens: list[int]) -> int:
+        """Where a kept copy of `tokens` would end (0: nowhere worth keeping)."""
+        ends = [length for length, _ in self._digests(tokens, len(tokens), with_digests=False)]
+        return ends[-1] if ends and ends[-1] >= self.min_length else 0
+
+    def insert(self, tokens: list[int], keys: list[torch.Tensor], values: list[torch.Tensor], scores: dict) -> None:
+        """Keep `tokens` (ending at a boundary) with their keys and values; entries it contains whole are
+        dropped, and the least recently used ones go until the cache is within its capacity again."""
+        nbytes = sum(t.numel() * t.element_size() for t in (*keys, *values))
+        if nbytes > self.capacity_bytes:
+            return
+        entry = CachedPrefix(tokens, keys, values, scores, nbytes)
+        for _, digest in self._digests(tokens, len(tokens)):
+            previous = self._index.get(digest)
+            if previous is not None:
+                previous.digests.discard(digest)
+                if not previous.digests:  # every prefix it held is in the new entry
+                    self._remove(previous, evicted=False)
+            self._index[digest] = entry
+            entry.digests.add(digest)
+        self._entries[id(entry)] = entry
+        self.bytes += nbytes
+        for victim in list(self._entries.values()):
+            if self.bytes <= self.capacity_bytes:
+                break
+            if victim.pins == 0 and victim is not entry:
+                self._remove(victim, evicted=True)
+        self._publish()
+
+    def pin(self, hits: list[Hit]) -> None:
+        for hit in hits:
+            hit.entry.pins += 1
+
+    def unpin(self, hits: list[Hit]) -> None:
+        for hit in hits:
+            hit.entry.pins -= 1
+            if not hit.entry.digests and hit.entry.pins == 0 and id(hit.entry) in self._entries:
+                self._remove(hit.entry, evicted=False)
+        self._publish()
+
+    def clear(self) -> None:
+        """Let go of every entry that no batch in flight reads (the device ran out of memory)."""
+        for entry in list(self._entries.values()):
+            if entry.pins == 0:
+                self._remove(entry, evicted=True)
+        self._publish()
+
+    def record(self, hit_tokens: int, miss_tokens: int) -> None:
+        """A batch's tokens: those whose keys and values came from here, and the others."""
+        if self.metrics is not None:
+            self.metrics.prefix_cache_hit_tokens.inc(hit_tokens)
+            self.metrics.prefix_cache_miss_tokens.inc(miss_tokens)
+
+    def _remove(self, entry: CachedPrefix, evicted: bool) -> None:
+        for digest in entry.digests:
+            del self._index[digest]
+        entry.digests.clear()
+        del self._entries[id(entry)]
+        self.bytes -= entry.nbytes
+        if evicted and self.metrics is not None:
+            self.metrics.prefix_cache_evictions.inc()
+
+    def _digests(self, tokens: list[int], end: int, with_digests: bool = True) -> list[tuple[int, bytes | None]]:
+        """(length, digest of tokens[:length]) for every boundary length up to `end`, shortest first."""
+        lengths = [index + 1 for index in range(end) if tokens[index] in self.boundary_ids]
+        if not with_digests:
+            return [(length, None) for length in lengths]
+        raw = array("q", tokens[:end]).tobytes()
+        digest, done, out = hashlib.blake2b(digest_size=16), 0, []
+        for length in lengths:
+            digest.update(raw[done * 8 : length * 8])
+            done = length
+            out.append((length, digest.copy().digest()))
+        return out
+
+    def _publish(self) -> None:
+        if self.metrics is not None:
+            self.metrics.prefix_cache_bytes.set(self.bytes)
