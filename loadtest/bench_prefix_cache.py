@@ -48,6 +48,7 @@ def main() -> None:
 
     math = json.loads((args.data / "processbench/math.json").read_text())
     bon = [json.loads(line) for line in (args.data / "bon/math_cot_100.jsonl").read_text().splitlines()]
+    bon = [problem for problem in bon if max(map(len, problem["code"])) < 4000]  # within the model's 4096 tokens
     corpus = [text for item in math for text in (item["problem"], *item["steps"])]
     checkpoint = build_checkpoint(args, corpus + [response for problem in bon for response in problem["code"]])
     walkable = [item for item in math if 6 <= len(item["steps"]) <= 15]

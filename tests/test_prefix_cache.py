@@ -73,6 +73,7 @@ def test_a_longer_solution_reuses_everything_up_to_the_previous_last_separator(p
     scored = scorer.score([longer])
     assert scored.cached_tokens == hit.length and scored.computed_tokens == len(longer) - hit.length
     assert_same_scores(scored.scores, PackedScorer(prm).score([longer]).scores)  # incl. the reused separators
+    assert cache.entries == 1  # the longer one holds all the shorter one did: a walk keeps one entry, not K
 
 
 def test_cache_hits_mix_with_in_batch_sharing(prm, walks, processbench_items):
@@ -93,7 +94,7 @@ def test_under_a_small_capacity_evictions_keep_scores_exact_and_bytes_bounded(pr
     reference = PackedScorer(prm).score(encoded).scores
     metrics, measure = Metrics(), cache_for(prm)
     PackedScorer(prm, cache=measure).score(encoded[:1])
-    per_token = measure.bytes / measure.last_boundary(encoded[0].input_ids)
+    per_token = measure.bytes / measure.keep_length(encoded[0].input_ids, encoded[0].separator_positions)
     average = sum(len(item) for item in encoded) / len(encoded)
     cache = PrefixCache(int(3 * average * per_token), prm.formatter.boundary_ids, 64, metrics)  # about 3 entries
     scorer = PackedScorer(prm, cache=cache)

@@ -2,9 +2,9 @@
 
 Search loops re-score a beam's whole solution at each new step, RL groups send one prompt's responses
 one request at a time, rerankers send the same candidates again. Each conversation a batch scores is
-kept here, up to its last *boundary*: a position just after a special token (a step separator, a
-chat-template token). A later conversation that begins with a kept prefix, up to one of its own
-boundaries, computes only its new tokens and attends to the kept keys and values; the step scores at
+kept here, up to its last separator. A later conversation that begins with a kept prefix, up to one of
+its own *boundaries* (a position just after a special token: a step separator, a chat-template token),
+computes only its new tokens and attends to the kept keys and values; the step scores at
 separators inside the prefix are kept too, since a position's hidden state depends only on the tokens
 before it. So a walk that adds one step shares everything up to the previous last separator, but not
 the closing tokens of the chat template, and a group of responses shares its prompt.
@@ -106,14 +106,18 @@ class PrefixCache:
                 return Hit(entry, length)
         return None
 
-    def last_boundary(self, tokens: list[int]) -> int:
-        """Where a kept copy of `tokens` would end (0: nowhere worth keeping)."""
-        ends = [length for length, _ in self._digests(tokens, len(tokens), with_digests=False)]
-        return ends[-1] if ends and ends[-1] >= self.min_length else 0
+    def keep_length(self, item_tokens: list[int], separator_positions: list[int]) -> int:
+        """How much of a conversation to keep: up to its last separator, which is where a continuation (the
+        next search step) or a repeat parts from it; its template's closing tokens, which no continuation
+        shares, stay out, so an entry that a continuation extends holds nothing that the new one does not
+        and is dropped for it (0: too short to keep)."""
+        length = separator_positions[-1] + 1 if separator_positions else 0
+        return length if length >= self.min_length and length < len(item_tokens) else 0
 
     def insert(self, tokens: list[int], keys: list[torch.Tensor], values: list[torch.Tensor], scores: dict) -> None:
-        """Keep `tokens` (ending at a boundary) with their keys and values; entries it contains whole are
-        dropped, and the least recently used ones go until the cache is within its capacity again."""
+        """Keep `tokens` (ending at a boundary) with their keys and values (which may run on past them); entries
+        it contains whole are dropped, and the least recently used ones go until the cache is within its
+        capacity again."""
         nbytes = sum(t.numel() * t.element_size() for t in (*keys, *values))
         if nbytes > self.capacity_bytes:
             return
@@ -168,11 +172,9 @@ class PrefixCache:
         if evicted and self.metrics is not None:
             self.metrics.prefix_cache_evictions.inc()
 
-    def _digests(self, tokens: list[int], end: int, with_digests: bool = True) -> list[tuple[int, bytes | None]]:
+    def _digests(self, tokens: list[int], end: int) -> list[tuple[int, bytes]]:
         """(length, digest of tokens[:length]) for every boundary length up to `end`, shortest first."""
         lengths = [index + 1 for index in range(end) if tokens[index] in self.boundary_ids]
-        if not with_digests:
-            return [(length, None) for length in lengths]
         raw = array("q", tokens[:end]).tobytes()
         digest, done, out = hashlib.blake2b(digest_size=16), 0, []
         for length in lengths:

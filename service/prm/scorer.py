@@ -94,8 +94,8 @@ class PackedScorer:
 
 
 def _worth_keeping(cache: PrefixCache, item: EncodedItem, hit: Hit | None) -> int:
-    """How many of the item's tokens to keep: up to its last boundary, unless a hit holds them already."""
-    length = cache.last_boundary(item.input_ids)
+    """How many of the item's tokens to keep (PrefixCache.keep_length), unless a hit holds them already."""
+    length = cache.keep_length(item.input_ids, item.separator_positions)
     return length if hit is None or length > hit.length else 0
 
 
