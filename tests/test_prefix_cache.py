@@ -222,3 +222,42 @@ def test_a_cache_the_device_cannot_hold_is_refused_at_startup_in_one_line(checkp
 def test_the_cache_is_refused_in_front_of_vllm():
     result = run_prm("serve", "--vllm-url", "http://127.0.0.1:9", "--prefix-cache-mb", "64")
     assert result.returncode == 2 and result.stderr.startswith("prm serve: --prefix-cache-mb is for a model loaded")
+
+
+def test_the_cuda_varlen_path_reads_and_keeps_the_cache_as_the_per_segment_path(prm, walks, monkeypatch):
+    """The CUDA branch (kept prefixes appended past the row, one varlen call), checked on the CPU against the
+    per-segment path with the kernel's reference semantics (tests/test_packing.py)."""
+    from types import SimpleNamespace
+
+    from service.prm import attention
+    from service.prm.packing import pack
+    from tests.test_packing import reference_varlen_attn
+
+    cache = cache_for(prm)
+    PackedScorer(prm, cache=cache).score([prm.formatter.encode(walks[0])])
+    items = [prm.formatter.encode(walk) for walk in (walks[1], walks[7], walks[8])]
+    hits = [cache.lookup(item.input_ids) for item in items]
+    assert hits[0] is not None and hits[1] is None
+    layer = SimpleNamespace(layer_idx=1)
+    results = []
+    for varlen in (False, True):
+        batch = pack(items, 64, hits, [True, True, False])
+        rows, heads, kv_heads, dim = batch.computed_tokens, 4, 2, 16
+        torch.manual_seed(0)
+        query = torch.randn(1, heads, rows, dim)
+        key, value = torch.randn(1, kv_heads, rows, dim), torch.randn(1, kv_heads, rows, dim)
+        if varlen:
+            monkeypatch.setattr(attention, "_varlen_attn", reference_varlen_attn)
+            monkeypatch.setattr(attention, "_VARLEN_OPTIONS", {"enable_gqa": True})
+            monkeypatch.setattr(attention, "_VARLEN_GQA", True)
+            key_all, value_all = attention._with_cache(1, key, value, batch)
+            out = attention._varlen(query, key_all, value_all, 0.25, batch)
+        else:
+            out, _ = attention.packed_attention(layer, query, key, value, None, 0.25, packed=batch)
+        results.append((out, batch.kept))
+    (cpu, cpu_kept), (cuda, cuda_kept) = results
+    assert torch.allclose(cuda, cpu, atol=1e-5)
+    assert set(cpu_kept) == set(cuda_kept) == {0, 1}
+    for item in (0, 1):
+        for ours, theirs in zip(cpu_kept[item], cuda_kept[item], strict=True):
+            assert torch.equal(ours[0], theirs[0]) and ours[0].shape[1] == len(items[item])

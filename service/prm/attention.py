@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from service.prm.packing import PackedBatch
+from service.prm.packing import PackedBatch, Segment
 
 ATTENTION_NAME = "prm_packed"
 
@@ -31,22 +31,31 @@ def packed_attention(
     """Attention within each packed segment; (1, heads, rows, d) in, (1, rows, heads, d) out."""
     if packed is None:
         raise RuntimeError(f"the {ATTENTION_NAME} attention needs a PackedBatch passed as `packed=`")
-    if packed.hits or packed.keep_spans:
-        key, value = _with_cache(module.layer_idx, key, value, packed)
+    layer = getattr(module, "layer_idx", 0)
     if query.is_cuda and _varlen_attn is not None:
+        if packed.hits or packed.kept is not None:
+            key, value = _with_cache(layer, key, value, packed)
         return _varlen(query, key, value, scaling, packed), None
     outputs = []
-    for segment in packed.segments:
+    for number, segment in enumerate(packed.segments):
         own = slice(segment.start, segment.end)
         if segment.context is None:
             k, v, mask, causal = key[:, :, own], value[:, :, own], None, True
         else:
-            prefix = slice(*segment.context)
-            k = torch.cat([key[:, :, prefix], key[:, :, own]], dim=2)
-            v = torch.cat([value[:, :, prefix], value[:, :, own]], dim=2)
-            context = segment.context[1] - segment.context[0]
-            mask = torch.ones(segment.end - segment.start, k.shape[2], dtype=torch.bool, device=query.device)
-            mask, causal = mask.tril(diagonal=context), False
+            if segment.hit is None:  # a prefix shared in this batch, laid out in the row
+                context_k, context_v = key[:, :, slice(*segment.context)], value[:, :, slice(*segment.context)]
+            else:  # a prefix kept from an earlier batch
+                hit = packed.hits[segment.hit]
+                context_k, context_v = (t[layer][None, :, : hit.length] for t in (hit.entry.keys, hit.entry.values))
+            k, v = torch.cat([context_k, key[:, :, own]], dim=2), torch.cat([context_v, value[:, :, own]], dim=2)
+            mask, causal = _context_mask(packed, number, segment, k.shape[2], query.device), False
+        if segment.keep is not None:  # the item's keys and values, whole: a fresh tensor, or a copy of the row's
+            _keep(
+                packed,
+                segment.keep,
+                k[0] if segment.context else k[0].clone(),
+                v[0] if segment.context else v[0].clone(),
+            )
         outputs.append(
             F.scaled_dot_product_attention(
                 query[:, :, own], k, v, attn_mask=mask, is_causal=causal, scale=scaling, enable_gqa=True
@@ -55,16 +64,31 @@ def packed_attention(
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
+def _context_mask(packed: PackedBatch, number: int, segment: Segment, keys: int, device) -> torch.Tensor:
+    """Causal after the context, the same in every layer: made once per batch."""
+    if number not in packed.masks:
+        context = segment.context[1] - segment.context[0]
+        ones = torch.ones(segment.end - segment.start, keys, dtype=torch.bool, device=device)
+        packed.masks[number] = ones.tril(diagonal=context)
+    return packed.masks[number]
+
+
+def _keep(packed: PackedBatch, item: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    kept_keys, kept_values = packed.kept.setdefault(item, ([], []))
+    kept_keys.append(keys)
+    kept_values.append(values)
+
+
 def _with_cache(layer: int, key, value, packed: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values with the cache's kept prefixes appended past the row (where segments' contexts may
-    point), after copying out this layer's keys and values of the items the cache will keep."""
+    """For the varlen kernel: keys and values with the kept prefixes appended past the row (where segments'
+    contexts point), after copying out this layer's keys and values of each item the cache will keep."""
     if packed.hits:
         key = torch.cat([key, *(hit.entry.keys[layer][None, :, : hit.length] for hit in packed.hits)], dim=2)
         value = torch.cat([value, *(hit.entry.values[layer][None, :, : hit.length] for hit in packed.hits)], dim=2)
-    for item, spans in packed.keep_spans.items():
-        keys, values = packed.kept.setdefault(item, ([], []))
-        keys.append(torch.cat([key[0, :, start:end] for start, end in spans], dim=1))
-        values.append(torch.cat([value[0, :, start:end] for start, end in spans], dim=1))
+    for segment in packed.segments:
+        if segment.keep is not None:
+            spans = [*([segment.context] if segment.context else []), (segment.start, segment.end)]
+            _keep(packed, segment.keep, *(torch.cat([t[0, :, a:b] for a, b in spans], dim=1) for t in (key, value)))
     return key, value
 
 

@@ -23,6 +23,8 @@ class Segment:
     start: int
     end: int
     context: tuple[int, int] | None = None
+    hit: int | None = None  # the context is this hit's kept prefix (PackedBatch.hits), past the row
+    keep: int | None = None  # the segment ends the whole of this item, whose keys and values the cache keeps
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,10 @@ class PackedBatch:
     # inside a hit come with it (`cached_scores`, before the item's computed ones).
     hits: list[Hit] = field(default_factory=list)
     cached_scores: list[list[float]] = field(default_factory=list)
-    # Per item to keep: its keys/values rows (spans of the extended rows), which attention copies out layer
-    # by layer into `kept[item]` as (keys, values) lists.
-    keep_spans: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
-    kept: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = field(default_factory=dict)
+    # Items the cache keeps: attention adds each one's keys and values (context and own rows), layer by layer,
+    # to `kept[item]` as (keys, values) lists; None when nothing is kept. `masks`: per-segment masks it reuses.
+    kept: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None
+    masks: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def computed_tokens(self) -> int:
@@ -77,26 +79,26 @@ def pack(
     items: list[EncodedItem],
     min_shared_prefix: int = MIN_SHARED_PREFIX,
     hits: list[Hit | None] | None = None,
-    keep: list[int] | None = None,
+    keep: list[bool] | None = None,
 ) -> PackedBatch:
     """Lay items out in one row, each shared prefix once (0 disables sharing).
 
     `hits[i]`: a kept prefix that item i continues, so only its tokens after it are laid out; `keep[i]`:
-    how many of item i's tokens to copy out for the cache (0: none).
+    whether the cache keeps item i (its keys and values are copied out whole).
     """
     hits = hits or [None] * len(items)
     ids: list[int] = []
     positions: list[int] = []
-    segments: list[Segment | tuple[int, int, int]] = []  # (start, end, hit number) until the row is complete
+    segments: list[Segment | tuple[int, int, int, int]] = []  # (start, end, hit, item) until the row is complete
     separator_rows: list[list[int]] = [[] for _ in items]
-    context_spans: list[list[tuple[int, int]]] = [[] for _ in items]  # the keys/values rows before its own
-    own_starts = [0] * len(items)
 
-    def append(tokens: list[int], first_position: int, context: tuple[int, int] | None = None) -> int:
+    keep = keep or [False] * len(items)
+
+    def append(tokens: list[int], first_position: int, context=None, item: int | None = None) -> int:
         start = len(ids)
         ids.extend(tokens)
         positions.extend(range(first_position, first_position + len(tokens)))
-        segments.append(Segment(start, len(ids), context))
+        segments.append(Segment(start, len(ids), context, keep=item if item is not None and keep[item] else None))
         return start
 
     used = [(index, hit) for index, hit in enumerate(hits) if hit is not None]
@@ -105,42 +107,28 @@ def pack(
         start = len(ids)
         ids.extend(item.input_ids[hit.length :])
         positions.extend(range(hit.length, len(item)))
-        segments.append((start, len(ids), number))
-        own_starts[index] = start - hit.length
+        segments.append((start, len(ids), number, index))
         separator_rows[index] = [start + p - hit.length for p in item.separator_positions if p >= hit.length]
     misses = [index for index, hit in enumerate(hits) if hit is None]
     for prefix_length, members in _prefix_groups([items[i] for i in misses], min_shared_prefix):
         members = [misses[member] for member in members]
         if len(members) == 1:
             item = items[members[0]]
-            start = append(item.input_ids, 0)
-            own_starts[members[0]] = start
+            start = append(item.input_ids, 0, item=members[0])
             separator_rows[members[0]] = [start + p for p in item.separator_positions]
             continue
         prefix_start = append(items[members[0]].input_ids[:prefix_length], 0)
         context = (prefix_start, prefix_start + prefix_length)
         for index in members:
             item = items[index]
-            start = append(item.input_ids[prefix_length:], prefix_length, context)
-            context_spans[index] = [context]
-            own_starts[index] = start - prefix_length
+            start = append(item.input_ids[prefix_length:], prefix_length, context, item=index)
             separator_rows[index] = [
                 prefix_start + p if p < prefix_length else start + p - prefix_length for p in item.separator_positions
             ]
 
     # Kept prefixes lie past the row: hit `number` at rows [extension[number], + its length).
     extension = _cumulative([hit.length for _, hit in used], start=len(ids))
-    for (index, hit), first_row in zip(used, extension, strict=False):
-        context_spans[index] = [(first_row, first_row + hit.length)]
-    segments = [
-        Segment(s[0], s[1], (extension[s[2]], extension[s[2]] + used[s[2]][1].length)) if isinstance(s, tuple) else s
-        for s in segments
-    ]
-    keep_spans = {
-        index: _keep_spans(context_spans[index], own_starts[index], length)
-        for index, length in enumerate(keep or [])
-        if length
-    }
+    segments = [s if isinstance(s, Segment) else _continuing(*s, extension, used, keep) for s in segments]
     query_lengths = [s.end - s.start for s in segments]
     context_lengths = [s.context[1] - s.context[0] if s.context else 0 for s in segments]
     key_lengths = [q + c for q, c in zip(query_lengths, context_lengths, strict=True)]
@@ -165,21 +153,14 @@ def pack(
         kv_index=_tensor(kv_rows, torch.long, pin) if shared else None,
         hits=[hit for _, hit in used],
         cached_scores=cached_scores,
-        keep_spans=keep_spans,
+        kept={} if any(keep) else None,
     )
 
 
-def _keep_spans(context: list[tuple[int, int]], own_start: int, length: int) -> list[tuple[int, int]]:
-    """The keys/values rows of an item's first `length` tokens: its context, then its own rows (which begin
-    at row `own_start` + the context's length, so that own_start + p is token p's row past the context)."""
-    spans, covered = [], 0
-    for start, end in context:
-        take = min(end - start, length - covered)
-        spans.append((start, start + take))
-        covered += take
-    if covered < length:
-        spans.append((own_start + covered, own_start + length))
-    return spans
+def _continuing(start: int, end: int, number: int, item: int, extension: list[int], used, keep) -> Segment:
+    """The segment of an item that continues hit `number`, whose kept prefix lies past the row."""
+    context = (extension[number], extension[number] + used[number][1].length)
+    return Segment(start, end, context, hit=number, keep=item if keep[item] else None)
 
 
 def _prefix_groups(items: list[EncodedItem], min_shared_prefix: int) -> list[tuple[int, list[int]]]:

@@ -46,15 +46,12 @@ class PackedScorer:
         self.cache = cache
 
     def launch(self, items: list[EncodedItem]) -> Pending:
-        cache = self.cache
-        hits = [cache.lookup(item.input_ids) for item in items] if cache is not None else None
-        keep = (
-            [_worth_keeping(cache, item, hit) for item, hit in zip(items, hits, strict=True)]
-            if cache is not None
-            else None
-        )
-        used = [hit for hit in hits or [] if hit is not None]
+        cache, hits, keep, lengths, used = self.cache, None, None, [], []
         if cache is not None:
+            hits = [cache.lookup(item.input_ids) for item in items]
+            lengths = [_worth_keeping(cache, item, hit) for item, hit in zip(items, hits, strict=True)]
+            keep = [length > 0 for length in lengths]
+            used = [hit for hit in hits if hit is not None]
             cache.pin(used)  # never evicted while this batch reads them
         try:
             batch = pack(items, self.min_shared_prefix, hits, keep).to(self.prm.device)
@@ -83,7 +80,7 @@ class PackedScorer:
                 start += count
             if cache is not None:
                 cache.unpin(used)  # what this batch read is copied into what it keeps: it may go now
-                _keep(cache, items, batch, scores)
+                _keep(cache, items, lengths, batch, scores)
                 cache.record(hit_tokens=batch.cached_tokens, miss_tokens=batch.requested_tokens - batch.cached_tokens)
             return ScoredBatch(scores, batch.computed_tokens, batch.cached_tokens)
 
@@ -99,8 +96,9 @@ def _worth_keeping(cache: PrefixCache, item: EncodedItem, hit: Hit | None) -> in
     return length if hit is None or length > hit.length else 0
 
 
-def _keep(cache: PrefixCache, items: list[EncodedItem], batch: PackedBatch, scores: list[list[float]]) -> None:
-    for index, (keys, values) in batch.kept.items():
-        item, length = items[index], keys[0].shape[1]
+def _keep(cache: PrefixCache, items: list[EncodedItem], lengths: list[int], batch: PackedBatch, scores) -> None:
+    """Into the cache: each kept item's first `lengths` tokens, with its keys and values (the whole item's)."""
+    for index, (keys, values) in (batch.kept or {}).items():
+        item, length = items[index], lengths[index]
         separators = {p: score for p, score in zip(item.separator_positions, scores[index], strict=True) if p < length}
         cache.insert(item.input_ids[:length], keys, values, separators)
