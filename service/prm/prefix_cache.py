@@ -16,6 +16,7 @@ PackedScorer), so a reload or a `--watch` swap never serves another model's keys
 engine's worker thread uses it.
 """
 
+import ctypes
 import hashlib
 import os
 from array import array
@@ -24,6 +25,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+# After this many bytes of evicted CPU entries, hand the freed heap pages back to the system: glibc serves
+# entry-sized blocks from its heap once its mmap threshold has adapted, and without a trim the pages of
+# evicted entries stay resident. Over 1,500 unique conversations with a 1,024 MiB cache, resident memory
+# grew by 1,596 MiB untrimmed, 1,249 MiB trimming every 64 MiB, 1,086 MiB every 16 MiB (70 MiB with the
+# cache off); a fixed mmap threshold instead halved throughput.
+TRIM_AFTER_BYTES = 16 * 2**20
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; elsewhere (musl, macOS) there is nothing to trim
+    except (AttributeError, OSError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 class PrefixCacheTooLarge(ValueError):
@@ -86,6 +104,7 @@ class PrefixCache:
         self.min_length = max(1, min_length)
         self.metrics = metrics
         self.bytes = 0
+        self._evicted_since_trim = 0
         self._entries: OrderedDict[int, CachedPrefix] = OrderedDict()  # by id(), least recently used first
         self._index: dict[bytes, CachedPrefix] = {}
         self._publish()
@@ -137,6 +156,7 @@ class PrefixCache:
                 break
             if victim.pins == 0 and victim is not entry:
                 self._remove(victim, evicted=True)
+        self._trim_if_due(entry)
         self._publish()
 
     def pin(self, hits: list[Hit]) -> None:
@@ -163,12 +183,19 @@ class PrefixCache:
             self.metrics.prefix_cache_hit_tokens.inc(hit_tokens)
             self.metrics.prefix_cache_miss_tokens.inc(miss_tokens)
 
+    def _trim_if_due(self, entry: CachedPrefix) -> None:
+        if self._evicted_since_trim >= TRIM_AFTER_BYTES and entry.keys and entry.keys[0].device.type == "cpu":
+            self._evicted_since_trim = 0
+            if _MALLOC_TRIM is not None:
+                _MALLOC_TRIM(0)
+
     def _remove(self, entry: CachedPrefix, evicted: bool) -> None:
         for digest in entry.digests:
             del self._index[digest]
         entry.digests.clear()
         del self._entries[id(entry)]
         self.bytes -= entry.nbytes
+        self._evicted_since_trim += entry.nbytes
         if evicted and self.metrics is not None:
             self.metrics.prefix_cache_evictions.inc()
 
