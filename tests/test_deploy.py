@@ -100,6 +100,9 @@ def test_compose_and_monitoring_config():
         "prm_tokens_scored_total",
         "prm_request_failures_total",
         "prm_model_info",
+        "prm_prefix_cache_hit_tokens_total",  # the hit rate, with
+        "prm_prefix_cache_miss_tokens_total",
+        "prm_prefix_cache_bytes",
     ):
         assert metric in dashboard
 

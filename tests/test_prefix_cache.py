@@ -231,6 +231,7 @@ def test_the_cuda_varlen_path_reads_and_keeps_the_cache_as_the_per_segment_path(
 
     from service.prm import attention
     from service.prm.packing import pack
+    from service.prm.prefix_cache import KeptBuffers
     from tests.test_packing import reference_varlen_attn
 
     cache = cache_for(prm)
@@ -243,6 +244,10 @@ def test_the_cuda_varlen_path_reads_and_keeps_the_cache_as_the_per_segment_path(
     for varlen in (False, True):
         batch = pack(items, 64, hits, [True, True, False])
         rows, heads, kv_heads, dim = batch.computed_tokens, 4, 2, 16
+        for index in (0, 1):
+            batch.kept[index] = KeptBuffers.empty(
+                2, (kv_heads, len(items[index]), dim), torch.float32, torch.device("cpu")
+            )
         torch.manual_seed(0)
         query = torch.randn(1, heads, rows, dim)
         key, value = torch.randn(1, kv_heads, rows, dim), torch.randn(1, kv_heads, rows, dim)
@@ -259,5 +264,8 @@ def test_the_cuda_varlen_path_reads_and_keeps_the_cache_as_the_per_segment_path(
     assert torch.allclose(cuda, cpu, atol=1e-5)
     assert set(cpu_kept) == set(cuda_kept) == {0, 1}
     for item in (0, 1):
-        for ours, theirs in zip(cpu_kept[item], cuda_kept[item], strict=True):
-            assert torch.equal(ours[0], theirs[0]) and ours[0].shape[1] == len(items[item])
+        for ours, theirs in (
+            (cpu_kept[item].keys[1], cuda_kept[item].keys[1]),
+            (cpu_kept[item].values[1], cuda_kept[item].values[1]),
+        ):
+            assert torch.equal(ours, theirs) and ours.shape[1] == len(items[item])

@@ -39,23 +39,22 @@ def packed_attention(
     outputs = []
     for number, segment in enumerate(packed.segments):
         own = slice(segment.start, segment.end)
+        kept = packed.kept[segment.keep] if segment.keep is not None else None  # where the cache's copy goes
         if segment.context is None:
             k, v, mask, causal = key[:, :, own], value[:, :, own], None, True
+            if kept is not None:
+                kept.keys[layer].copy_(k[0])
+                kept.values[layer].copy_(v[0])
         else:
             if segment.hit is None:  # a prefix shared in this batch, laid out in the row
                 context_k, context_v = key[:, :, slice(*segment.context)], value[:, :, slice(*segment.context)]
             else:  # a prefix kept from an earlier batch
                 hit = packed.hits[segment.hit]
                 context_k, context_v = (t[layer][None, :, : hit.length] for t in (hit.entry.keys, hit.entry.values))
-            k, v = torch.cat([context_k, key[:, :, own]], dim=2), torch.cat([context_v, value[:, :, own]], dim=2)
+            # The item's whole keys and values: built once, straight into the cache's copy when it keeps them.
+            k = torch.cat([context_k, key[:, :, own]], dim=2, out=None if kept is None else kept.keys[layer][None])
+            v = torch.cat([context_v, value[:, :, own]], dim=2, out=None if kept is None else kept.values[layer][None])
             mask, causal = _context_mask(packed, number, segment, k.shape[2], query.device), False
-        if segment.keep is not None:  # the item's keys and values, whole: a fresh tensor, or a copy of the row's
-            _keep(
-                packed,
-                segment.keep,
-                k[0] if segment.context else k[0].clone(),
-                v[0] if segment.context else v[0].clone(),
-            )
         outputs.append(
             F.scaled_dot_product_attention(
                 query[:, :, own], k, v, attn_mask=mask, is_causal=causal, scale=scaling, enable_gqa=True
@@ -73,22 +72,18 @@ def _context_mask(packed: PackedBatch, number: int, segment: Segment, keys: int,
     return packed.masks[number]
 
 
-def _keep(packed: PackedBatch, item: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-    kept_keys, kept_values = packed.kept.setdefault(item, ([], []))
-    kept_keys.append(keys)
-    kept_values.append(values)
-
-
 def _with_cache(layer: int, key, value, packed: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """For the varlen kernel: keys and values with the kept prefixes appended past the row (where segments'
-    contexts point), after copying out this layer's keys and values of each item the cache will keep."""
+    contexts point), after copying this layer's keys and values of each item the cache keeps into its copy."""
     if packed.hits:
         key = torch.cat([key, *(hit.entry.keys[layer][None, :, : hit.length] for hit in packed.hits)], dim=2)
         value = torch.cat([value, *(hit.entry.values[layer][None, :, : hit.length] for hit in packed.hits)], dim=2)
     for segment in packed.segments:
         if segment.keep is not None:
+            kept = packed.kept[segment.keep]
             spans = [*([segment.context] if segment.context else []), (segment.start, segment.end)]
-            _keep(packed, segment.keep, *(torch.cat([t[0, :, a:b] for a, b in spans], dim=1) for t in (key, value)))
+            torch.cat([key[0, :, a:b] for a, b in spans], dim=1, out=kept.keys[layer])
+            torch.cat([value[0, :, a:b] for a, b in spans], dim=1, out=kept.values[layer])
     return key, value
 
 

@@ -13,7 +13,7 @@ import torch
 
 from service.config import MIN_SHARED_PREFIX
 from service.prm.formatting import EncodedItem
-from service.prm.prefix_cache import Hit
+from service.prm.prefix_cache import Hit, KeptBuffers
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,9 @@ class PackedBatch:
     # inside a hit come with it (`cached_scores`, before the item's computed ones).
     hits: list[Hit] = field(default_factory=list)
     cached_scores: list[list[float]] = field(default_factory=list)
-    # Items the cache keeps: attention adds each one's keys and values (context and own rows), layer by layer,
-    # to `kept[item]` as (keys, values) lists; None when nothing is kept. `masks`: per-segment masks it reuses.
-    kept: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None
+    # Items the cache keeps: attention writes each one's whole keys and values, layer by layer, into
+    # `kept[item]` (made by the scorer); None when nothing is kept. `masks`: per-segment masks it reuses.
+    kept: dict[int, KeptBuffers] | None = None
     masks: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property

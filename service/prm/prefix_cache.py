@@ -16,8 +16,8 @@ PackedScorer), so a reload or a `--watch` swap never serves another model's keys
 engine's worker thread uses it.
 """
 
-import ctypes
 import hashlib
+import mmap
 import os
 from array import array
 from collections import OrderedDict
@@ -25,23 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
-# After this many bytes of evicted CPU entries, hand the freed heap pages back to the system: glibc serves
-# entry-sized blocks from its heap once its mmap threshold has adapted, and without a trim the pages of
-# evicted entries stay resident. Over 1,500 unique conversations with a 1,024 MiB cache, resident memory
-# grew by 1,596 MiB untrimmed, 1,249 MiB trimming every 64 MiB, 1,086 MiB every 16 MiB (70 MiB with the
-# cache off); a fixed mmap threshold instead halved throughput.
-TRIM_AFTER_BYTES = 16 * 2**20
-
-
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc; elsewhere (musl, macOS) there is nothing to trim
-    except (AttributeError, OSError):
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
 
 
 class PrefixCacheTooLarge(ValueError):
@@ -75,6 +58,28 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class KeptBuffers:
+    """Where a batch writes, layer by layer, the keys and values of a conversation the cache will keep."""
+
+    keys: list[torch.Tensor]  # per layer: (key/value heads, tokens, head_dim)
+    values: list[torch.Tensor]
+
+    @classmethod
+    def empty(cls, layers: int, shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device) -> "KeptBuffers":
+        """On CPU, in one anonymous memory mapping of its own, which goes back to the system the moment its
+        entry is evicted: from the heap, blocks of these sizes stayed resident after eviction (over 1,500
+        unique conversations with a 1,024 MiB cache, resident memory grew by 1,596 MiB, 70 MiB with the cache
+        off; trimming the heap or a fixed mmap threshold cost throughput instead: loadtest/RESULTS.md)."""
+        if device.type != "cpu":
+            tensors = [torch.empty(shape, dtype=dtype, device=device) for _ in range(2 * layers)]
+        else:
+            size = torch.Size(shape).numel() * dtype.itemsize
+            arena = torch.frombuffer(mmap.mmap(-1, 2 * layers * size), dtype=torch.uint8)
+            tensors = [arena[n * size : (n + 1) * size].view(dtype).view(shape) for n in range(2 * layers)]
+        return cls(tensors[:layers], tensors[layers:])
+
+
 @dataclass(eq=False)
 class CachedPrefix:
     """One conversation's prefix: its ids, its keys and values per layer, its step scores inside it."""
@@ -104,7 +109,6 @@ class PrefixCache:
         self.min_length = max(1, min_length)
         self.metrics = metrics
         self.bytes = 0
-        self._evicted_since_trim = 0
         self._entries: OrderedDict[int, CachedPrefix] = OrderedDict()  # by id(), least recently used first
         self._index: dict[bytes, CachedPrefix] = {}
         self._publish()
@@ -133,14 +137,14 @@ class PrefixCache:
         length = separator_positions[-1] + 1 if separator_positions else 0
         return length if length >= self.min_length and length < len(item_tokens) else 0
 
-    def insert(self, tokens: list[int], keys: list[torch.Tensor], values: list[torch.Tensor], scores: dict) -> None:
+    def insert(self, tokens: list[int], kept: KeptBuffers, scores: dict) -> None:
         """Keep `tokens` (ending at a boundary) with their keys and values (which may run on past them); entries
         it contains whole are dropped, and the least recently used ones go until the cache is within its
         capacity again."""
-        nbytes = sum(t.numel() * t.element_size() for t in (*keys, *values))
+        nbytes = sum(t.numel() * t.element_size() for t in (*kept.keys, *kept.values))
         if nbytes > self.capacity_bytes:
             return
-        entry = CachedPrefix(tokens, keys, values, scores, nbytes)
+        entry = CachedPrefix(tokens, kept.keys, kept.values, scores, nbytes)
         for _, digest in self._digests(tokens, len(tokens)):
             previous = self._index.get(digest)
             if previous is not None:
@@ -156,7 +160,6 @@ class PrefixCache:
                 break
             if victim.pins == 0 and victim is not entry:
                 self._remove(victim, evicted=True)
-        self._trim_if_due(entry)
         self._publish()
 
     def pin(self, hits: list[Hit]) -> None:
@@ -183,19 +186,12 @@ class PrefixCache:
             self.metrics.prefix_cache_hit_tokens.inc(hit_tokens)
             self.metrics.prefix_cache_miss_tokens.inc(miss_tokens)
 
-    def _trim_if_due(self, entry: CachedPrefix) -> None:
-        if self._evicted_since_trim >= TRIM_AFTER_BYTES and entry.keys and entry.keys[0].device.type == "cpu":
-            self._evicted_since_trim = 0
-            if _MALLOC_TRIM is not None:
-                _MALLOC_TRIM(0)
-
     def _remove(self, entry: CachedPrefix, evicted: bool) -> None:
         for digest in entry.digests:
             del self._index[digest]
         entry.digests.clear()
         del self._entries[id(entry)]
         self.bytes -= entry.nbytes
-        self._evicted_since_trim += entry.nbytes
         if evicted and self.metrics is not None:
             self.metrics.prefix_cache_evictions.inc()
 

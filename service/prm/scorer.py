@@ -17,7 +17,7 @@ from service.prm.errors import DeviceOutOfMemory
 from service.prm.formatting import EncodedItem
 from service.prm.loading import LoadedPRM
 from service.prm.packing import PackedBatch, pack
-from service.prm.prefix_cache import Hit, PrefixCache
+from service.prm.prefix_cache import Hit, KeptBuffers, PrefixCache
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ class PackedScorer:
             cache.pin(used)  # never evicted while this batch reads them
         try:
             batch = pack(items, self.min_shared_prefix, hits, keep).to(self.prm.device)
+            for index in (index for index, kept in enumerate(keep or []) if kept):
+                batch.kept[index] = self._buffers(len(items[index]))
             probabilities = self.prm.model.step_scores(batch).to("cpu", non_blocking=True)
         except torch.OutOfMemoryError as error:
             if cache is not None:  # the cache yields its memory before a request fails
@@ -86,6 +88,12 @@ class PackedScorer:
 
         return result
 
+    def _buffers(self, tokens: int) -> KeptBuffers:
+        config = self.prm.model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = (config.num_key_value_heads, tokens, head_dim)
+        return KeptBuffers.empty(config.num_hidden_layers, shape, self.prm.dtype, self.prm.device)
+
     def score(self, items: list[EncodedItem]) -> ScoredBatch:
         return self.launch(items)()
 
@@ -98,7 +106,7 @@ def _worth_keeping(cache: PrefixCache, item: EncodedItem, hit: Hit | None) -> in
 
 def _keep(cache: PrefixCache, items: list[EncodedItem], lengths: list[int], batch: PackedBatch, scores) -> None:
     """Into the cache: each kept item's first `lengths` tokens, with its keys and values (the whole item's)."""
-    for index, (keys, values) in (batch.kept or {}).items():
+    for index, kept in (batch.kept or {}).items():
         item, length = items[index], lengths[index]
         separators = {p: score for p, score in zip(item.separator_positions, scores[index], strict=True) if p < length}
-        cache.insert(item.input_ids[:length], keys, values, separators)
+        cache.insert(item.input_ids[:length], kept, separators)
