@@ -67,7 +67,7 @@ def main() -> None:
     try:
         for name, process in servers.items():
             wait_ready(PORTS[name], process)
-        started_resident = _resident(PORTS["cache on"])
+        started_resident = {name: _resident(port) for name, port in PORTS.items()}
         check = walks(walkable[-4:])
         answers = {name: asyncio.run(run(PORTS[name], check, keep=True)) for name in servers}
         worst = max(abs(a - b) for x, y in zip(*answers.values(), strict=True) for a, b in zip(x, y, strict=True))
@@ -154,20 +154,23 @@ def report(seconds: dict, workloads: dict) -> None:
         print(f"| {workload} | {statistics.median(on):.2f} | {statistics.median(off):.2f} | **{ratio:.2f}x** |")
 
 
-def memory_bound(args, started_resident: float) -> None:
-    """Resident memory of the cache-on server since it was ready, after `--unique` more unique-prefix requests,
-    against its bound."""
-    port = PORTS["cache on"]
-    before, capacity = started_resident, _capacity(port)
+def memory_bound(args, started_resident: dict[str, float]) -> None:
+    """Resident memory growth of both servers since they were ready, after all rounds and `--unique` more
+    unique-prefix requests; the cache-on server's, against the cache's size plus 200 MiB."""
     math = json.loads((args.data / "processbench/math.json").read_text())
     items = [math[n % len(math)] for n in range(args.unique)]
-    asyncio.run(run(port, unique(items, "memory")))
-    after = _resident(port)
-    cached = _metric(port, "prm_prefix_cache_bytes")
+    growth = {}
+    for name, port in PORTS.items():
+        asyncio.run(run(port, unique(items, "memory")))
+        growth[name] = (_resident(port) - started_resident[name]) / 2**20
+    capacity, cached = (
+        _capacity(PORTS["cache on"]) / 2**20,
+        _metric(PORTS["cache on"], "prm_prefix_cache_bytes") / 2**20,
+    )
     print(
-        f"\nafter all rounds and a unique stream of {args.unique}: resident memory +{(after - before) / 2**20:.0f} MiB "
-        f"(cache holds {cached / 2**20:.0f} MiB of its {capacity / 2**20:.0f}; bound: cache + 200 MiB = "
-        f"{capacity / 2**20 + 200:.0f} MiB)"
+        f"\nresident memory growth after all rounds and a unique stream of {args.unique}: cache on "
+        f"+{growth['cache on']:.0f} MiB (the cache holds {cached:.0f} of its {capacity:.0f} MiB; bound: "
+        f"{capacity + 200:.0f} MiB), cache off +{growth['cache off']:.0f} MiB"
     )
 
 
