@@ -84,15 +84,14 @@ def pack(
     """Lay items out in one row, each shared prefix once (0 disables sharing).
 
     `hits[i]`: a kept prefix that item i continues, so only its tokens after it are laid out; `keep[i]`:
-    whether the cache keeps item i (its keys and values are copied out whole).
+    whether the cache keeps item i (attention writes its whole keys and values into `kept[i]`).
     """
     hits = hits or [None] * len(items)
+    keep = keep or [False] * len(items)
     ids: list[int] = []
     positions: list[int] = []
     segments: list[Segment | tuple[int, int, int, int]] = []  # (start, end, hit, item) until the row is complete
     separator_rows: list[list[int]] = [[] for _ in items]
-
-    keep = keep or [False] * len(items)
 
     def append(tokens: list[int], first_position: int, context=None, item: int | None = None) -> int:
         start = len(ids)
