@@ -169,8 +169,10 @@ class Runtime:
 
         A size that the device cannot hold is refused at startup (on a reload, the old model's weights and
         cache are still resident, so the check would only measure them)."""
-        free = free_bytes(prm.device)
         wanted = self.config.prefix_cache_mb
+        if wanted == 0:
+            return None
+        free = free_bytes(prm.device)
         if wanted is None:
             wanted = min(DEFAULT_PREFIX_CACHE_MB.get(prm.device.type, 0), free / 4 / 2**20)
         elif first_load and wanted * 2**20 > free:

@@ -132,6 +132,20 @@ def test_an_entry_a_batch_reads_is_never_evicted_under_it(prm, processbench_item
     assert cache.lookup(continued.input_ids) is None  # unpinned, it could go, and went
 
 
+def test_an_entry_a_longer_one_supersedes_stays_counted_while_a_batch_reads_it(prm, walks):
+    shorter, longer = prm.formatter.encode(walks[1]), prm.formatter.encode(walks[2])  # steps[:2], steps[:3]
+    cache = cache_for(prm)
+    scorer = PackedScorer(prm, cache=cache)
+    scorer.score([shorter])
+    alone = cache.bytes
+    hit = cache.lookup(longer.input_ids)
+    cache.pin([hit])  # a batch in flight reads the shorter one
+    scorer.score([longer])  # the longer one holds every prefix the shorter one did
+    assert cache.entries == 2 and cache.bytes > alone  # still there, still counted
+    cache.unpin([hit])
+    assert cache.entries == 1 and cache.lookup(longer.input_ids).entry is not hit.entry
+
+
 def test_concurrent_interleaved_requests_through_the_engine_equal_the_uncached_scores(prm, walks):
     encoded = [prm.formatter.encode(walk) for walk in walks]
     reference = PackedScorer(prm).score(encoded).scores

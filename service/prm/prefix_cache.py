@@ -149,8 +149,8 @@ class PrefixCache:
             previous = self._index.get(digest)
             if previous is not None:
                 previous.digests.discard(digest)
-                if not previous.digests:  # every prefix it held is in the new entry
-                    self._remove(previous, evicted=False)
+                if not previous.digests and previous.pins == 0:  # every prefix it held is in the new entry
+                    self._remove(previous, evicted=False)  # (a pinned one goes when unpinned, see unpin)
             self._index[digest] = entry
             entry.digests.add(digest)
         self._entries[id(entry)] = entry
