@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from service import __version__
-from service.cli_common import LogLevelOption, usage_error
+from service.cli_common import LogLevelOption, StoreOption, usage_error
 from service.config import BATCH_TOKENS_HELP, Dtype, LogFormat, ServeConfig
 from service.jobs.cli import eval_app, publish, synth, train
 from service.jobs.data.cli import annotate_app, filter_app, generate
@@ -52,15 +52,7 @@ def serve(
             show_default=False,
         ),
     ] = ServeConfig.model,
-    store: Annotated[
-        str | None,
-        typer.Option(
-            envvar="PRM_STORE",
-            help="The model store directory, see `prm publish` (default: ./model_store if it exists, else the "
-            "store bundled with the package, which holds the demo PRM).",
-            show_default=False,
-        ),
-    ] = ServeConfig.store,
+    store: StoreOption = ServeConfig.store,
     watch: Annotated[
         float,
         typer.Option(
