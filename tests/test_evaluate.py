@@ -95,6 +95,14 @@ def test_eval_processbench_end_to_end_scores_like_the_model_card(checkpoint, ref
         assert line["step_scores"] == pytest.approx(reference.step_rewards(item["problem"], item["steps"]), abs=1e-5)
         assert line["prediction"] == processbench.first_below(line["step_scores"], report["threshold"])
     recomputed = processbench.subset_metrics([items[line["id"]] for line in lines], [x["prediction"] for x in lines])
+    faulty = [(line["label"], line["step_scores"]) for line in lines if line["label"] != -1]
+    caught = [scores[label] < report["threshold"] and all(scores[label] < s for s in scores[:label])
+              for label, scores in faulty]  # fmt: skip
+    exact = {}
+    for line in lines:
+        exact.setdefault(items[line["id"]]["generator"], []).append(line["prediction"] == line["label"])
+    recomputed["error_caught"] = 100 * sum(caught) / len(caught)
+    recomputed["by_generator"] = {kind: 100 * sum(hits) / len(hits) for kind, hits in sorted(exact.items())}
     assert report["subsets"]["processbench_sample"] == recomputed
     assert report["threshold_searched_on"] == "processbench_sample" and report["avg_f1"] == recomputed["f1"]
     assert "processbench_sample: n 12" in result.stdout

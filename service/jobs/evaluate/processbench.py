@@ -60,7 +60,29 @@ def subset_metrics(items: list[dict], predictions: list[int]) -> dict:
 
 
 def metrics_at(items: list[dict], scores: list[list[float]], threshold: float) -> dict:
-    return subset_metrics(items, [first_below(step_scores, threshold) for step_scores in scores])
+    """`subset_metrics`, plus two that read the scores themselves:
+
+    - `error_caught`: the share of erroneous items whose first wrong step scores below the threshold and below
+      every step before it (a reranker or a search that prunes the lowest step acts on exactly this);
+    - `by_generator`: per item `generator` (the policy in ProcessBench, the error kind in synthetic and
+      hand-written sets), the share whose
+      prediction is exact: the first wrong step, or -1 for a correct solution.
+    """
+    predictions = [first_below(step_scores, threshold) for step_scores in scores]
+    metrics = subset_metrics(items, predictions)
+    caught = [
+        step_scores[item["label"]] < min([threshold, *step_scores[: item["label"]]])
+        for item, step_scores in zip(items, scores, strict=True)
+        if item["label"] != -1
+    ]
+    metrics["error_caught"] = percent(sum(caught), len(caught))
+    exact: dict[str, list[bool]] = {}
+    for item, prediction in zip(items, predictions, strict=True):
+        if "generator" in item:
+            exact.setdefault(item["generator"], []).append(prediction == item["label"])
+    if exact:
+        metrics["by_generator"] = {kind: percent(sum(hits), len(hits)) for kind, hits in sorted(exact.items())}
+    return metrics
 
 
 def report(
