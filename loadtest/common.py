@@ -27,9 +27,10 @@ def median_seconds(run, repeats: int = 3) -> float:
     return statistics.median(once() for _ in range(repeats))
 
 
-def start_prm_serve(checkpoint: Path, port: int, *flags: str) -> subprocess.Popen:
+def start_prm_serve(checkpoint: Path, port: int, *flags: str, **popen) -> subprocess.Popen:
+    """`popen`: more Popen arguments (an environment, a preexec_fn)."""
     command = [sys.executable, "-m", "service", "serve", "--model", str(checkpoint), "--port", str(port)]
-    return subprocess.Popen([*command, "--log-level", "warning", *flags], cwd=ROOT)
+    return subprocess.Popen([*command, "--log-level", "warning", *flags], cwd=ROOT, **popen)
 
 
 def wait_ready(port: int, process: subprocess.Popen, timeout: float = 900) -> None:

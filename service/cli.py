@@ -73,6 +73,16 @@ def serve(
             "always runs in float32.",
         ),
     ] = ServeConfig.dtype,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            envvar="PRM_THREADS",
+            min=1,
+            help="CPU threads for the forward (default: the cores in the process's CPU affinity, capped by its "
+            "cgroup's CPU quota).",
+            show_default=False,
+        ),
+    ] = ServeConfig.threads,
     max_batch_tokens: Annotated[
         int | None,
         typer.Option(

@@ -49,6 +49,7 @@ class ServeConfig:
     port: int = 8000
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     dtype: Dtype = "auto"
+    threads: int | None = None  # CPU threads for the forward; None: what affinity and the cgroup quota allow
     max_batch_tokens: int | None = None  # None: by device, DEFAULT_BATCH_TOKENS
     max_wait_ms: float = 0.0
     max_queue_tokens: int = 262144

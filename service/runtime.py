@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from service.config import DEFAULT_PREFIX_CACHE_MB, ServeConfig, batch_tokens
 from service.engine import Engine, EngineStopped, Overloaded
 from service.metrics import Metrics
@@ -20,6 +22,7 @@ from service.prm.loading import FAMILY, LoadedPRM, load_prm, load_tokenizer
 from service.prm.prefix_cache import PrefixCache, PrefixCacheTooLarge, free_bytes
 from service.prm.scorer import PackedScorer
 from service.store import open_store, resolve_model
+from service.threads import thread_budget
 from service.upstream import UpstreamUnavailable, VLLMScorer
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,7 @@ class Runtime:
         self._reload_lock = threading.Lock()
         self._stopped = threading.Event()
         self._in_flight = 0  # requests inside score(); touched on the event loop only
+        self.threads = thread_budget(config.threads)
 
     @property
     def ready(self) -> bool:
@@ -90,6 +94,9 @@ class Runtime:
         return self.fatal_error or "the model is still loading"
 
     def start_loading(self) -> None:
+        """Size torch's thread pool first: the engine's worker thread takes it up when it starts."""
+        torch.set_num_threads(self.threads.threads)
+        log.info("threads: %d, from %s", self.threads.threads, self.threads.reason)
         threading.Thread(target=self._first_load, name="prm-loader", daemon=True).start()
 
     def _first_load(self) -> None:
@@ -244,6 +251,8 @@ class Runtime:
             "device": f"vllm {serving.upstream.url}" if serving.upstream else str(prm.device),
             "max_length": prm.max_length,
             "prefix_cache_mb": serving.cache.capacity_bytes / 2**20 if serving.cache else 0,
+            "threads": torch.get_num_threads(),  # what the pool has, as set in start_loading
+            "threads_from": self.threads.reason,
         }
 
     async def score(self, encode: Encoder, timeout: float | None = None) -> Scored:

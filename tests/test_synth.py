@@ -4,10 +4,12 @@ import json
 import re
 
 from service.jobs.synth import synthesize
+from tests.helpers import FIXTURES
 
 EQUATION = re.compile(r"(\d+) ([+\-×*x÷/]) (\d+) = (\d+)")
-PRODUCT, QUOTIENT = int.__mul__, int.__floordiv__
-OPERATIONS = {"+": int.__add__, "-": int.__sub__, "×": PRODUCT, "*": PRODUCT, "x": PRODUCT, "÷": QUOTIENT, "/": QUOTIENT}
+PRODUCT, QUOTIENT = int.__mul__, int.__floordiv__  # a solution writes them as ×, * or x, and ÷ or /
+OPERATIONS = {"+": int.__add__, "-": int.__sub__, "×": PRODUCT, "*": PRODUCT, "x": PRODUCT, "÷": QUOTIENT}
+OPERATIONS["/"] = QUOTIENT
 
 
 def arithmetic_holds(step: str) -> bool:
@@ -78,5 +80,32 @@ def test_the_world_is_written_many_ways_and_wrong_results_differ_in_any_digit(tm
             left, operation, right, written = EQUATION.search(item["steps"][item["label"]]).groups()
             exact = str(OPERATIONS[operation](int(left), int(right)))
             if len(exact) == len(written):
-                wrong_places |= {len(exact) - 1 - i for i, (a, b) in enumerate(zip(exact, written)) if a != b}
+                pairs = enumerate(zip(exact, written, strict=True))
+                wrong_places |= {len(exact) - 1 - i for i, (a, b) in pairs if a != b}
     assert {0, 1, 2} <= wrong_places  # units, tens and hundreds: "34 + 10 = 54" is wrong too
+
+
+def test_the_hand_written_set_is_sound_and_not_what_the_generator_writes(tmp_path):
+    """tests/fixtures/handwritten_arith.jsonl: 40+ problems, each with a correct solution and a faulty one
+    whose first wrong step is known, in sentences `prm synth` never writes (numbers aside)."""
+    items = [json.loads(line) for line in (FIXTURES / "handwritten_arith.jsonl").read_text().splitlines()]
+    problems: dict[str, list[dict]] = {}
+    for item in items:
+        problems.setdefault(item["problem"], []).append(item)
+    assert len(problems) >= 40
+    for solutions in problems.values():
+        assert sum(s["label"] == -1 for s in solutions) == 1 and any(s["label"] != -1 for s in solutions)
+    for item in items:
+        label, steps = item["label"], item["steps"]
+        assert all(arithmetic_holds(step) for step in (steps if label == -1 else steps[:label])), item
+        assert item["generator"] != "hand-calculation" or not arithmetic_holds(steps[label]), item
+
+    paths = synthesize(tmp_path, train=0, heldout=5000, bon_problems=0, bon_n=1, seed=0)
+    synthetic = [json.loads(line) for line in paths["heldout"].read_text().splitlines()]
+
+    def shapes(texts):
+        return {re.sub(r"\d+", "N", sentence) for text in texts for sentence in re.split(r"(?<=[.?!])\s+", text)}
+
+    written = shapes(step for item in synthetic for step in item["steps"]) | shapes(i["problem"] for i in synthetic)
+    by_hand = shapes(step for item in items for step in item["steps"]) | shapes(problems)
+    assert by_hand & written <= {"The answer is N.", "The answer is \\boxed{N}."}, by_hand & written  # the answer steps

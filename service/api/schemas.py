@@ -125,6 +125,8 @@ class ModelCard(BaseModel):
     device: str
     max_length: int
     prefix_cache_mb: float = Field(description="Size of the prefix cache across requests (0: off).")
+    threads: int = Field(description="CPU threads the forward runs on (--threads, or what the process may use).")
+    threads_from: str = Field(description="Where the thread count comes from: --threads, CPU affinity or cgroup quota.")
 
 
 class ModelList(BaseModel):

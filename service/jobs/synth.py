@@ -1,11 +1,12 @@
 """`prm synth`: a synthetic arithmetic-reasoning world with exact per-step labels.
 
 Each problem is a short word problem about one quantity that changes two to four times; its exact
-solution takes one step per change (two for a change that is itself a product, "3 bags of 12") and a
-closing answer step. The world is written the way people write such problems: many sentence templates
-per operation, names and objects from long lists, "each", "per", "twice as many" and "split equally",
-facts in varied order, steps that restate or combine ("So she has 23 - 6 = 17 left"), `×`, `*` or `x`
-for products, answers with and without `\\boxed{}`, and numbers of one to three digits.
+solution takes one step per change (two for a change that is itself a sum or a product of the story's
+numbers, "12 red and 15 blue ones", "3 bags of 12") and a closing answer step. The world is written the
+way people write such problems: many sentence templates per operation, names and objects from long
+lists, "each", "per", "twice as many" and "split equally", facts in varied order, steps that restate or
+combine ("So she has 23 - 6 = 17 left"), `×`, `*` or `x` for products, answers with and without
+`\\boxed{}`, and numbers of one to three digits.
 
 A faulty solution has one injected error, after which the arithmetic goes on correctly from the wrong
 value (as a policy's would), so the first wrong step is known exactly:
@@ -26,17 +27,97 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ERROR_KINDS = ("calculation", "copy", "operation", "slip")
-PEOPLE = [
-    *((name, "she", "her", "her") for name in "Ava Chloe Emma Grace Ivy Lena Rosa Mia Nora Zoe Ruth Sofia Maya Elena "
-      "Priya Hannah Lucy Amara Julia Clara Fatima Leah".split()),  # fmt: skip
-    *((name, "he", "him", "his") for name in "Ben Dan Finn Hugo Jack Omar Sam Leo Noah Kenji Mateo Ravi Tom Paul "
-      "Diego Felix Arjun Oscar Peter Yusuf Carlos Liam".split()),  # fmt: skip
+SHE = [
+    "Ava",
+    "Chloe",
+    "Emma",
+    "Grace",
+    "Ivy",
+    "Lena",
+    "Rosa",
+    "Mia",
+    "Nora",
+    "Zoe",
+    "Ruth",
+    "Sofia",
+    "Maya",
+    "Elena",
+    "Priya",
+    "Hannah",
+    "Lucy",
+    "Amara",
+    "Julia",
+    "Clara",
+    "Fatima",
+    "Leah",
 ]
-ITEMS = (
-    "apples marbles stickers books coins pencils shells cards stamps cookies crayons beads buttons cupcakes eggs "
-    "flowers toys balloons candies oranges lemons pens rocks muffins tickets blocks cups socks bottles plums "
-    "seashells postcards peaches ribbons bricks jars puzzles carrots potatoes nails"
-).split()
+HE = [
+    "Ben",
+    "Dan",
+    "Finn",
+    "Hugo",
+    "Jack",
+    "Omar",
+    "Sam",
+    "Leo",
+    "Noah",
+    "Kenji",
+    "Mateo",
+    "Ravi",
+    "Tom",
+    "Paul",
+    "Diego",
+    "Felix",
+    "Arjun",
+    "Oscar",
+    "Peter",
+    "Yusuf",
+    "Carlos",
+    "Liam",
+]
+PEOPLE = [*((name, "she", "her", "her") for name in SHE), *((name, "he", "him", "his") for name in HE)]
+ITEMS = [
+    "apples",
+    "marbles",
+    "stickers",
+    "books",
+    "coins",
+    "pencils",
+    "shells",
+    "cards",
+    "stamps",
+    "cookies",
+    "crayons",
+    "beads",
+    "buttons",
+    "cupcakes",
+    "eggs",
+    "flowers",
+    "toys",
+    "balloons",
+    "candies",
+    "oranges",
+    "lemons",
+    "pens",
+    "rocks",
+    "muffins",
+    "tickets",
+    "blocks",
+    "cups",
+    "socks",
+    "bottles",
+    "plums",
+    "seashells",
+    "postcards",
+    "peaches",
+    "ribbons",
+    "bricks",
+    "jars",
+    "puzzles",
+    "carrots",
+    "potatoes",
+    "nails",
+]
 CONTAINERS = ["bags", "boxes", "packs", "jars", "baskets", "crates", "trays", "bundles", "bowls", "sacks"]
 SYMBOLS = [("×", "÷"), ("*", "/"), ("x", "÷"), ("×", "/")]  # how a solution writes products and quotients
 MAX_VALUE = 999
@@ -69,8 +150,8 @@ class Event:
     steps: list[str]
     operation: str  # "+", "-", "*", "/"
     operand: int
-    group: tuple[int, int] | None = None  # (count, size) when the operand is itself a product
-    group_steps: list[str] = field(default_factory=list)  # templates of the product's own step
+    part: tuple[int, str, int] | None = None  # (left, op, right) when the operand is itself a sub-result
+    part_steps: list[str] = field(default_factory=list)  # templates of the sub-result's own step
 
 
 @dataclass
@@ -109,14 +190,15 @@ def apply(value: int, operation: str, operand: int) -> int:
 def make_problem(rng: random.Random, problem_id: str) -> Problem:
     """A story of 2 to 4 changes whose running value stays a positive integer of at most three digits."""
     person, item = Person(*rng.choice(PEOPLE)), rng.choice(ITEMS)
-    start = rng.randint(5, 60) if rng.random() < 0.7 else rng.randint(61, 300)
+    start = rng.randint(5, 60) if rng.random() < 0.75 else rng.randint(61, 150)
     value, events, values = start, [], []
     for _ in range(rng.randint(2, 4)):
         event = _make_event(rng, value, person, item)
         value = apply(value, event.operation, event.operand)
         events.append(event)
         values.append(value)
-    return Problem(problem_id, _problem_text(rng, person, item, start, events), start, events, person, item, value, values)
+    text = _problem_text(rng, person, item, start, events)
+    return Problem(problem_id, text, start, events, person, item, value, values)
 
 
 def _problem_text(rng: random.Random, person: Person, item: str, start: int, events: list[Event]) -> str:
@@ -146,18 +228,17 @@ def _problem_text(rng: random.Random, person: Person, item: str, start: int, eve
 
 
 def _make_event(rng: random.Random, value: int, person: Person, item: str) -> Event:
-    choices = ["add", "add", "sub", "sub", "group", "times", "split"]
+    choices = ["add", "add", "sub", "sub", "pair", "group", "times", "split"]
     if value < 8:
         choices = ["add", "group"]
-    if value * 2 > MAX_VALUE:
+    if value > 150:  # doubling or tripling a three-digit number is beyond the demo's arithmetic
         choices = [c for c in choices if c != "times"]
     if not any(value % parts == 0 for parts in (2, 3, 4, 5)):
         choices = [c for c in choices if c != "split"]
     if value > MAX_VALUE - 20:
         choices = ["sub", "split"] if "split" in choices else ["sub"]
-    return {"add": _add, "sub": _sub, "group": _group, "times": _times, "split": _split}[rng.choice(choices)](
-        rng, value, person, item, rng.choice(["Then", "Next,", "After that,", "Later,"])
-    )
+    makers = {"add": _add, "sub": _sub, "pair": _pair, "group": _group, "times": _times, "split": _split}
+    return makers[rng.choice(choices)](rng, value, person, item, rng.choice(["Then", "Next,", "After that,", "Later,"]))
 
 
 def _amount(rng: random.Random, most: int) -> int:
@@ -166,7 +247,7 @@ def _amount(rng: random.Random, most: int) -> int:
 
 def _add(rng, value, person, item, then) -> Event:
     name, they, them = person.name, person.they, person.them
-    amount = _amount(rng, min(150, MAX_VALUE - value))
+    amount = _amount(rng, min(60, MAX_VALUE - value))
     verb, doing = rng.choice(
         [("buys", "buying"), ("finds", "finding"), ("wins", "winning"), ("collects", "collecting"),
          ("picks up", "picking up"), ("makes", "making"), ("receives", "receiving"), ("earns", "earning")]
@@ -193,7 +274,7 @@ def _add(rng, value, person, item, then) -> Event:
 
 def _sub(rng, value, person, item, then) -> Event:
     name, they, their = person.name, person.they, person.their
-    amount = _amount(rng, min(120, value - 3))
+    amount = _amount(rng, min(60, value - 3))
     verb, doing = rng.choice(
         [("gives away", "giving away"), ("loses", "losing"), ("sells", "selling"), ("uses", "using"),
          ("eats", "eating"), ("donates", "donating"), ("breaks", "breaking"), ("trades away", "trading away")]
@@ -241,15 +322,45 @@ def _group(rng, value, person, item, then) -> Event:
     steps = [
         f"Together, {name} has {{eq}} {item}.",
         f"So {they} has {{eq}} {item} in all.",
-        f"In total that makes {{eq}}.",
+        "In total that makes {eq}.",
         f"{{eq}}, so {name} has {{r}} {item}.",
     ]
-    return Event(story, steps, "+", count * size, (count, size), group_steps)
+    return Event(story, steps, "+", count * size, (count, "*", size), group_steps)
+
+
+def _pair(rng, value, person, item, then) -> Event:
+    """Two amounts that come or go together: their sum from the story's numbers first, then the total, as
+    people write "12 + 15 = 27 new ones" and then "35 + 27 = 62"."""
+    name, they = person.name, person.they
+    adding = value < 20 or rng.random() < 0.6
+    most = max(2, min(40, (MAX_VALUE - value if adding else value - 3) // 2))
+    first, second = rng.randint(2, most), rng.randint(2, most)
+    friend, other = rng.sample([n for n in SHE + HE if n != name], 2)
+    if adding:
+        story = rng.choice(
+            [
+                f"{then} {name} gets {first} {item} from {friend} and {second} from {other}.",
+                f"{then} {they} buys {first} red {item} and {second} blue ones.",
+                f"On Tuesday {name} finds {first} {item}, and on Wednesday {second} more.",
+            ]
+        )
+        part_steps = [f"{name} gets {{eq}} new {item}.", "Both days bring {eq}.", f"That adds {{eq}} {item}."]
+        steps = [f"Now {name} has {{eq}} {item}.", f"So {they} has {{eq}} in all.", f"{{eq}}, so {name} has {{r}}."]
+        return Event(story, steps, "+", first + second, (first, "+", second), part_steps)
+    story = rng.choice(
+        [
+            f"{then} {name} gives {first} {item} to {friend} and {second} to {other}.",
+            f"{then} {they} loses {first} {item} on Monday and {second} on Tuesday.",
+        ]
+    )
+    part_steps = [f"{name} gives away {{eq}} {item}.", f"Altogether {{eq}} {item} are gone."]
+    steps = [f"{name} has {{eq}} {item} left.", "That leaves {eq}.", f"{{eq}}, so {they} keeps {{r}}."]
+    return Event(story, steps, "-", first + second, (first, "+", second), part_steps)
 
 
 def _times(rng, value, person, item, then) -> Event:
     name, they = person.name, person.they
-    factor = 2 if value * 3 > MAX_VALUE or rng.random() < 0.6 else 3
+    factor = 2 if value > 80 or rng.random() < 0.6 else 3
     story = {
         2: [f"{then} {name} doubles the number of {item}.", f"By the evening {they} has twice as many {item}.",
             f"{then} the number of {item} {name} owns doubles."],
@@ -270,7 +381,8 @@ def _split(rng, value, person, item, then) -> Event:
     name, they = person.name, person.they
     parts = rng.choice([parts for parts in (2, 3, 4, 5) if value % parts == 0])
     if parts == 2 and rng.random() < 0.5:
-        story = rng.choice([f"{then} {name} gives half of the {item} to a friend.", f"{then} {they} sells half of them."])
+        halves = [f"{then} {name} gives half of the {item} to a friend.", f"{then} {they} sells half of them."]
+        story = rng.choice(halves)
     else:
         story = rng.choice(
             [
@@ -291,9 +403,9 @@ def solve(problem: Problem) -> list[tuple[str, list[str], int, str, int, int]]:
     """The exact computation: (kind, templates, left, operation, right, result) per step, before the answer step."""
     computations, value = [], problem.start
     for event in problem.events:
-        if event.group:
-            count, size = event.group
-            computations.append(("group", event.group_steps, count, "*", size, count * size))
+        if event.part:
+            left, operation, right = event.part
+            computations.append(("part", event.part_steps, left, operation, right, apply(left, operation, right)))
         result = apply(value, event.operation, event.operand)
         computations.append(("total", event.steps, value, event.operation, event.operand, result))
         value = result
@@ -303,7 +415,6 @@ def solve(problem: Problem) -> list[tuple[str, list[str], int, str, int, int]]:
 def pick_style(problem: Problem, rng: random.Random) -> Style:
     picks = tuple(rng.randrange(len(templates)) for _, templates, *_ in solve(problem))
     return Style(picks, rng.choice(SYMBOLS), rng.choice(ANSWERS))
-
 
 
 def render_step(template: str, style: Style, left: int, operation: str, right: int, result: int) -> str:
@@ -331,8 +442,8 @@ def faulty_solution(problem: Problem, rng: random.Random, kind: str) -> Solution
     """Inject one error of `kind` at a random computation step and carry on from its result.
 
     A draw that the rest of the solution would not carry exactly (a later split that no longer comes out
-    even, a count below zero, or a wrong track that happens to reach the right answer) is drawn again, so the label stays exact;
-    a wrong last result always carries."""
+    even, a count below zero, or a wrong track that happens to reach the right answer) is drawn again, so
+    the label stays exact; a wrong last result always carries."""
     style, computations = pick_style(problem, rng), len(solve(problem))
     for _ in range(50):
         if solution := _inject_at(problem, rng, kind, style, rng.randrange(computations)):
@@ -341,12 +452,13 @@ def faulty_solution(problem: Problem, rng: random.Random, kind: str) -> Solution
 
 
 def _inject_at(problem: Problem, rng: random.Random, kind: str, style: Style, at: int) -> Solution | None:
-    steps, value, group_product, shown = [], problem.start, None, [problem.start]
-    for index, ((step_kind, templates, left, operation, right, _), pick) in enumerate(zip(solve(problem), style.picks)):
+    steps, value, part, shown = [], problem.start, None, [problem.start]
+    computations = zip(solve(problem), style.picks, strict=True)
+    for index, ((step_kind, templates, left, operation, right, _), pick) in enumerate(computations):
         if step_kind == "total":
             left = value
-            if group_product is not None:
-                right = group_product
+            if part is not None:
+                right = part
         if index > at and operation == "/" and left % right:
             return None
         result = apply(left, operation, right)
@@ -357,10 +469,10 @@ def _inject_at(problem: Problem, rng: random.Random, kind: str, style: Style, at
             left, operation, right, result = written
         steps.append(render_step(templates[pick], style, left, operation, right, result))
         carried = apply(left, operation, right) if kind == "slip" and index == at else result
-        if step_kind == "group":
-            group_product = carried
+        if step_kind == "part":
+            part = carried
         else:
-            value, group_product = carried, None
+            value, part = carried, None
             shown.append(result)
     if (value == problem.answer) != (kind == "slip"):
         return None
@@ -393,7 +505,7 @@ def _inject(rng, kind, problem, shown, step_kind, left, operation, right, result
         return left, operation, right, apply(left, operation, right)
     if kind == "operation":
         wrong = {"+": "-" if right < left else "*", "-": "+", "*": "+", "/": "*"}[operation]
-        if step_kind == "group":
+        if step_kind == "part" and operation == "*":
             wrong = "+"
         if not (wrong == "*" and right > 9 and operation == "+"):
             return left, wrong, right, apply(left, wrong, right)

@@ -1,0 +1,72 @@
+"""Thread sizing: what the process may use, from its CPU affinity and its cgroup's quota, reported in
+/v1/models and the startup log (a loaded neighbour on the same cores must not be fought with a pool sized
+for the whole machine)."""
+
+import os
+import sys
+
+import httpx
+
+from service.threads import ThreadBudget, cgroup_cpu_quota, thread_budget
+from tests.helpers import Server
+
+CORES = len(os.sched_getaffinity(0))
+
+
+def fake_cgroup(tmp_path, membership: str, files: dict[str, str]):
+    """A /proc/self/cgroup naming `membership` and a cgroup mount holding `files`, as (root, self_cgroup)."""
+    root, self_cgroup = tmp_path / "sys-fs-cgroup", tmp_path / "proc-self-cgroup"
+    self_cgroup.write_text(membership)
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    return root, self_cgroup
+
+
+def test_a_v2_quota_is_the_tightest_on_the_way_to_the_root_and_rounds_down(tmp_path):
+    root, self_cgroup = fake_cgroup(
+        tmp_path,
+        "0::/kubepods/pod1/container\n",
+        {"kubepods/pod1/container/cpu.max": "max 100000\n", "kubepods/pod1/cpu.max": "150000 100000\n"},
+    )  # the container sets none; its pod allows 1.5 CPUs
+    assert cgroup_cpu_quota(root, self_cgroup) == 1.5
+    expected = 1 if CORES > 1.5 else CORES
+    assert thread_budget(None, root, self_cgroup).threads == expected
+
+
+def test_a_v1_quota_counts_and_a_container_sees_its_own_cgroup_at_the_mount(tmp_path):
+    root, self_cgroup = fake_cgroup(
+        tmp_path,
+        "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n",  # a host path the container's mount does not have
+        {"cpu,cpuacct/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
+    )
+    assert cgroup_cpu_quota(root, self_cgroup) == 0.5
+    assert thread_budget(None, root, self_cgroup) == ThreadBudget(
+        1, f"cgroup CPU quota of 0.5 CPUs ({CORES} core{'s' * (CORES != 1)} in affinity)"
+    )
+
+
+def test_no_quota_means_the_affinity_mask_and_an_override_wins(tmp_path):
+    root, self_cgroup = fake_cgroup(
+        tmp_path, "1:cpu:/\n0::/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}
+    )
+    assert cgroup_cpu_quota(root, self_cgroup) is None
+    assert thread_budget(None, root, self_cgroup).threads == CORES
+    assert thread_budget(None, tmp_path / "absent", tmp_path / "absent").threads == CORES  # nothing readable
+    assert thread_budget(3, root, self_cgroup) == ThreadBudget(3, "--threads")
+
+
+def test_prm_serve_under_taskset_uses_one_thread_and_says_so(checkpoint):
+    """A real `prm serve` pinned to one core: the pool, /v1/models and the startup log agree."""
+    pinned = ["taskset", "-c", "0", sys.executable, "-m", "service"]
+    server = Server("--model", str(checkpoint), prm=pinned).wait_ready(timeout=120)
+    overridden = Server("--model", str(checkpoint), prm=pinned, env={"PRM_THREADS": "2"}).wait_ready(timeout=120)
+    try:
+        card = httpx.get(f"{server.url}/v1/models").json()["data"][0]
+        assert (card["threads"], card["threads_from"]) == (1, "CPU affinity (1 core)")
+        assert "threads: 1, from CPU affinity (1 core)" in server.output()
+        card = httpx.get(f"{overridden.url}/v1/models").json()["data"][0]
+        assert (card["threads"], card["threads_from"]) == (2, "--threads")
+    finally:
+        server.stop()
+        overridden.stop()
