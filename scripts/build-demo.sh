@@ -11,7 +11,7 @@ steps="--lm-loss --lr-scheduler linear --batch-size 16 --max-steps 2500 --warmup
 prm synth --out "$work/data" --train 120000 --heldout 1000 --bon-problems 100 --bon-n 8 --error-rate 0.6 --seed 0
 # 1. Arithmetic: the next-token loss teaches a narrow, deep model to compute what each step writes.
 prm train --base scratch --data "$work/data/train.jsonl" --out "$work/arith" $steps --lr 2e-3 \
-  --scratch-hidden-size 64 --scratch-layers 8 --scratch-intermediate-size 192 --scratch-vocab-size 1024
+  --scratch-hidden-size 64 --scratch-layers 8 --scratch-intermediate-size 192
 # 2. Checking: digit-check copies teach the score head to compare each written result with that arithmetic.
 prm train --base "$work/arith" --data "$work/data/train.jsonl" --out "$work/prm" $steps --lr 1e-3 --digit-check 0.5 \
   --eval-processbench "$work/data/heldout.jsonl" --eval-processbench "$fixtures/handwritten_arith.jsonl"

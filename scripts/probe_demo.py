@@ -8,7 +8,7 @@ Prints, for each operation (+, -, x, /) of the step a solution got wrong:
 - the scores of one hand-made solution whose first step, an addition, is right or off by 2, 10 and 40;
 - next-token accuracy on each digit of every result in the correct solutions, read where `prm train --lm-loss`
   reads it, so one can tell whether the model does not know the arithmetic or knows it and does not use it;
-- with one digit of one result of each correct solution replaced (as `prm train --digit-check` does), per
+- with one result's last digit of each correct solution replaced (as `prm train --digit-check` does), per
   operation: AUC of the score at that digit and at its step's separator, each against the same position of
   the solution as written, so one can tell whether a wrong result is spotted where it is written and whether
   the step's score then uses it.
@@ -30,13 +30,12 @@ from service.jobs.train.data import encode_records, parse_records
 from service.jobs.train.objective import IGNORE_INDEX, Qwen2PRMForTraining
 from service.prm.formatting import ScoringInput
 
-COMPUTATION = re.compile(r"(\d+) ([-+×*x÷/]) (\d+) = (\d+)")
-OPERATION = {"*": "×", "x": "×", "/": "÷"}  # the symbols a solution may write, as the probe reports them
+COMPUTATION = re.compile(r"(\d+) ([-+×÷]) (\d+) = (\d+)")
 
 
 def operation(step: str) -> str | None:
     match = COMPUTATION.search(step)
-    return OPERATION.get(match.group(2), match.group(2)) if match else None
+    return match.group(2) if match else None
 
 
 def detection(items: list[dict], scores: list[list[float]], threshold: float) -> dict:
@@ -115,7 +114,7 @@ def result_digit_accuracy(prm, model: Qwen2PRMForTraining, items: list[dict]) ->
 
 @torch.inference_mode()
 def replaced_digit_auc(prm, model: Qwen2PRMForTraining, items: list[dict]) -> dict:
-    """Per operation: AUCs of the score at a replaced digit of a result (one per correct solution, as
+    """Per operation: AUCs of the score at a replaced last digit of a result (one per correct solution, as
     `prm train --digit-check` replaces it) and at its step's separator, each against the same position of
     the solution as written. Compared at the same position, so that a place where the model is unsure of
     every solution does not pass for one where it spots the wrong one."""
@@ -172,7 +171,7 @@ def main() -> None:
     print("next-token accuracy on result digits of correct solutions (place 0 = the leading digit)")
     for (op, place), (hit, total) in sorted(result_digit_accuracy(prm, unpacked, items).items()):
         print(f"  {op} place {place}  {hit:4} / {total:<4} {100 * hit / total:5.1f}%")
-    print("one digit of a result of each correct solution replaced: AUC of the score there and at its separator")
+    print("one result's last digit of each correct solution replaced: AUC of the score there and at its separator")
     for op, (total, digit, step) in sorted(replaced_digit_auc(prm, unpacked, items).items()):
         print(f"  {op}  {total:4}  at the digit {digit:.3f}  at the separator {step:.3f}")
 

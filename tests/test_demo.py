@@ -64,3 +64,19 @@ def test_the_demo_finds_first_errors_on_a_fresh_synthetic_set(tmp_path):
     # here: operations 100%, copied numbers 55%, calculations 87%, slips 100% (the build's: 100, 60, 96, 93)
     assert share["synth-operation"] >= 0.95 and share["synth-copy"] >= 0.4, share
     assert share["synth-calculation"] >= 0.8 and share["synth-slip"] >= 0.8, share
+
+
+def test_the_demo_on_hand_written_arithmetic(tmp_path):
+    """tests/fixtures/handwritten_arith.jsonl, problems and solutions written by a person (issue 23).
+
+    What the shipped demo does there: it puts the first wrong step below 0.5 and below every right step
+    before it in 62.9% of the faulty solutions, and passes none of the 47 correct ones (every step at 0.5
+    or more). The floor guards the first number; the second is the open problem issue 23 tracks, so there
+    is no floor on it to keep."""
+    out = tmp_path / "report.json"
+    command = [sys.executable, "-m", "service", "eval", "processbench", "--store", str(DEMO_STORE.root), "--data",
+               str(REPO / "tests/fixtures/handwritten_arith.jsonl"), "--out", str(out), "--device", "cpu"]  # fmt: skip
+    subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    measured = json.loads(out.read_text())["subsets"]["handwritten_arith"]
+    assert measured["n"] == 109 and measured["error_caught"] >= 60, measured
+    assert measured["by_generator"]["hand-operation"] >= 80, measured  # 100%: the verb decides the operation

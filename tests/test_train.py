@@ -201,7 +201,7 @@ def test_the_lm_loss_teaches_next_tokens_and_saves_nothing_extra(tmp_path, train
         return hits / total
 
     learned, untaught = next_token_accuracy(with_lm.out), next_token_accuracy(plain.out)
-    assert learned > 0.35 and untaught < 0.1, (learned, untaught)  # 0.44 and 0.01 here on the widened world
+    assert learned > 0.45 and untaught < 0.1, (learned, untaught)
 
 
 def test_the_lm_loss_averages_over_accumulated_micro_batches_like_one_batch(trained):
@@ -245,7 +245,7 @@ def test_grouping_by_length_batches_with_less_padding(tmp_path):
     assert shuffled > 0.1 and grouped < shuffled / 2
 
 
-def test_a_digit_check_copy_replaces_a_digit_of_a_result_in_a_step_before_the_first_wrong_one(trained):
+def test_a_digit_check_copy_replaces_the_last_digit_of_a_result_in_a_step_before_the_first_wrong_one(trained):
     prm = load_prm(str(trained[0].out), device="cpu")
     record = {"id": "r", "prompt": "Ava has 3 coins.", "completions": ["3 + 12 = 15 coins.", "15 x 2 = 30.",
               "30 - 9 = 2.", "It is 2."], "labels": [True, True, False, False]}  # fmt: skip
@@ -261,14 +261,11 @@ def test_a_digit_check_copy_replaces_a_digit_of_a_result_in_a_step_before_the_fi
         assert decode(ids[right_steps[0].start : separators[0]]) == "3 + 12 = 15 coins."  # the step alone, no prompt
         checked = [p for p, label in enumerate(original.check_labels) if label != IGNORE_INDEX]
         assert checked == [*right_steps[0], *right_steps[1]] and set(original.check_labels) == {1, IGNORE_INDEX}
-        results_digits = {  # "15" and "30", every digit: a dropped carry changes the tens
-            p for step, result in zip(right_steps, ("15", "30"), strict=True) for p in step
-            if decode(ids[p]) in result and "=" in decode(ids[step.start : p])
-        }  # fmt: skip
+        results_last_digits = {
+            p for step, digit in zip(right_steps, "50", strict=True) for p in step if decode(ids[p]) == digit
+        }
         [position] = [p for p, (a, b) in enumerate(zip(ids, copy.input_ids, strict=True)) if a != b]
-        assert position in results_digits and decode(copy.input_ids[position]).isdigit()
-        leading = not decode(ids[position - 1]).isdigit()
-        assert not (leading and decode(copy.input_ids[position]) == "0")  # never a leading zero
+        assert position in results_last_digits and decode(copy.input_ids[position]).isdigit()
         replaced_at.add(position)
         separator = next(s for s in separators if s > position)
         assert copy.labels[:separator] == original.labels[:separator] and copy.labels[separator] == 0  # now wrong
@@ -277,7 +274,7 @@ def test_a_digit_check_copy_replaces_a_digit_of_a_result_in_a_step_before_the_fi
         assert copy.check_labels[position:separator] == [0] * (separator - position)  # wrong from the digit on
         assert copy.lm_labels[: position + 1] == original.lm_labels[: position + 1]  # it still predicts the original
         assert set(copy.check_labels[separator:]) == set(copy.lm_labels[position + 1 :]) == {IGNORE_INDEX}
-    assert len(results_digits) == 4 and replaced_at == results_digits
+    assert len(results_last_digits) == 2 and replaced_at == results_last_digits
     assert len(encode_records(parse_records([record]), prm.formatter).examples) == 1
 
 
@@ -285,8 +282,7 @@ def test_the_digit_check_loss_is_the_score_head_at_every_checked_token(trained):
     result, data = trained
     prm = load_prm(str(result.out), device="cpu")
     model = Qwen2PRMForTraining.from_pretrained(result.out).eval()
-    lines = [json.loads(line) for line in data["train"].read_text().splitlines()]
-    records = parse_records([record for record in lines if record["labels"][0]][:3])  # a right step to replace in
+    records = parse_records([json.loads(line) for line in data["train"].read_text().splitlines()[:3]])
     examples = encode_records(records, prm.formatter, digit_check=1.0).examples
     pad = collate(prm.formatter.tokenizer.pad_token_id)
     with_check = pad([StepwiseDataset(examples, digit_check=True)[index] for index in range(len(examples))])

@@ -105,7 +105,7 @@ def train(
         typer.Option(
             min=0,
             max=1,
-            help="Share of records that also train as a copy with one digit of one result (a number after "
+            help="Share of records that also train as a copy with the last digit of one result (a number after "
             "an '=') in a step labelled right replaced, wrong from there; the score head is trained at every "
             "token of the steps, not only at separators. For arithmetic data whose results all follow from the "
             "problem, like the demo's.",

@@ -4,7 +4,7 @@ Records are TRL's stepwise supervision (`prompt`, `completions`, `labels`), what
 writes. The conversation goes through the service's own `PRMFormatter`, so a model is trained on the
 very token sequences it is later served with. Only separator positions carry a label; the optional
 auxiliary targets (next tokens, digit checks) cover the conversation up to each step labelled right, and
-the digit check adds copies of records with one digit of one result replaced.
+the digit check adds copies of records with one result's last digit replaced.
 """
 
 import random
@@ -41,10 +41,9 @@ class Encoded:
 
 @dataclass(frozen=True)
 class DigitVocab:
-    """The token ids a digit check reads: the ten one-digit tokens, in id order, `0`, and every token with an `=`."""
+    """The token ids a digit check reads: the ten one-digit tokens, in id order, and every token with an `=`."""
 
     digits: tuple[int, ...]
-    zero: int
     equals: frozenset[int]
 
 
@@ -79,7 +78,7 @@ def encode_records(
     records: list[Labelled], formatter: PRMFormatter, digit_check: float = 0.0, seed: int = 0
 ) -> Encoded:
     """One example per record that fits; with `digit_check`, that share of them also gives a copy with one
-    digit of one result replaced (see `replace_result_digit`)."""
+    result's last digit replaced (see `replace_result_digit`)."""
     rng = random.Random(seed)
     vocab = digit_vocab(formatter.tokenizer) if digit_check else None
     examples, too_long, copies = [], 0, 0
@@ -108,8 +107,7 @@ def digit_vocab(tokenizer) -> DigitVocab:
     digits = tuple(token_id for token_id, text in enumerate(texts) if text in DIGITS)
     if {texts[token_id] for token_id in digits} != DIGITS:
         raise RecordError("--digit-check needs a tokenizer with one token for each digit")
-    zero = next(token_id for token_id in digits if texts[token_id] == "0")
-    return DigitVocab(digits, zero, frozenset(token_id for token_id, text in enumerate(texts) if "=" in text))
+    return DigitVocab(digits, frozenset(token_id for token_id, text in enumerate(texts) if "=" in text))
 
 
 def _step_spans(
@@ -147,26 +145,25 @@ def _labelled(input_ids: list[int], spans, labels: list[bool], check: bool) -> E
 def replace_result_digit(
     example: Example, spans, labels: list[bool], vocab: DigitVocab, rng: random.Random
 ) -> Example | None:
-    """ELECTRA's replaced-token detection, aimed where a wrong calculation writes: one digit of one result
-    (a number after an `=`) in a step before the first wrong one is replaced by another digit (never a
-    leading zero), which makes that step wrong. Any digit, not only the last: a dropped carry changes the
-    tens, and a model shown only last digits passes `34 + 10 = 54`. The copy's digit-check targets say 0
-    from the replaced digit to the step's separator, where the step is labelled wrong; its next-token targets
-    end at the replaced digit (which they still give as the original), and nothing after the separator is in
-    any loss. None when no step before the first wrong one has a result."""
+    """ELECTRA's replaced-token detection, aimed where a wrong calculation writes: the last digit of one
+    result (a number after an `=`) in a step before the first wrong one is replaced by another digit, which
+    makes that step wrong. The copy's digit-check targets say 0 from the replaced digit to the step's
+    separator, where the step is labelled wrong; its next-token targets end at the replaced digit (which
+    they still give as the original), and nothing after the separator is in any loss. None when no step
+    before the first wrong one has a result."""
     right_prefix = spans[: labels.index(False)] if False in labels else spans
     candidates = [
         (position, separator)
         for start, separator in right_prefix
         for position in range(start, separator)
-        if _in_a_result(example.input_ids, start, position, vocab)
+        if _ends_a_result(example.input_ids, start, position, vocab)
     ]
     if not candidates:
         return None
     position, separator = rng.choice(candidates)
-    original, leading = example.input_ids[position], example.input_ids[position - 1] not in vocab.digits
+    original = example.input_ids[position]
     input_ids = list(example.input_ids)
-    input_ids[position] = rng.choice([t for t in vocab.digits if t != original and not (leading and t == vocab.zero)])
+    input_ids[position] = rng.choice([token for token in vocab.digits if token != original])
     token_labels = example.labels[: separator + 1] + [IGNORE_INDEX] * (len(input_ids) - separator - 1)
     token_labels[separator] = 0
     lm_labels = example.lm_labels[: position + 1] + [IGNORE_INDEX] * (len(input_ids) - position - 1)
@@ -174,10 +171,14 @@ def replace_result_digit(
     return Example(input_ids, token_labels, lm_labels, example.check_labels[:position] + wrong_from_here)
 
 
-def _in_a_result(input_ids: list[int], start: int, position: int, vocab: DigitVocab) -> bool:
-    """Whether `position` holds a digit of a number that follows an `=` of the step starting at `start`: a
-    digit a wrong calculation changes."""
-    return input_ids[position] in vocab.digits and any(token in vocab.equals for token in input_ids[start:position])
+def _ends_a_result(input_ids: list[int], start: int, position: int, vocab: DigitVocab) -> bool:
+    """Whether `position` holds the last digit of a number that follows an `=` of the step starting at `start`:
+    the digit a wrong calculation changes (its errors are mostly small)."""
+    return (
+        input_ids[position] in vocab.digits
+        and input_ids[position + 1] not in vocab.digits
+        and any(token in vocab.equals for token in input_ids[start:position])
+    )
 
 
 class StepwiseDataset(torch.utils.data.Dataset):
