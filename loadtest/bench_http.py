@@ -129,7 +129,7 @@ def drain(port: int, item: dict) -> None:
     time.sleep(1)
 
 
-def wrk(port: int, bodies: Path, duration: int, connections: int) -> dict:
+def wrk(port: int, bodies: Path, duration: int, connections: int, path: str = "/score_steps") -> dict:
     output = subprocess.run(
         [
             "wrk",
@@ -143,7 +143,7 @@ def wrk(port: int, bodies: Path, duration: int, connections: int) -> dict:
             f"http://127.0.0.1:{port}",
             "--",
             str(bodies),
-            "/score_steps",
+            path,
         ],
         capture_output=True,
         text=True,

@@ -49,7 +49,7 @@ def main() -> None:
     bodies.write_text("".join(json.dumps(body(item)) + "\n" for item in items))
     cores = len(os.sched_getaffinity(0))
     half = max(1, cores // 2)
-    scenarios = {
+    scenarios = {  # name: (environment, cgroups, servers loaded)
         "solo": ({}, None, 1),
         "shared": ({}, None, 2),
         "shared, --threads half": ({"PRM_THREADS": half}, None, 2),
