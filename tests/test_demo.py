@@ -71,8 +71,8 @@ def test_the_demo_on_hand_written_arithmetic(tmp_path):
 
     What the shipped demo does there: it puts the first wrong step below 0.5 and below every right step
     before it in 62.9% of the faulty solutions, and passes none of the 47 correct ones (every step at 0.5
-    or more). The floor guards the first number; the second is the open problem issue 23 tracks, so there
-    is no floor on it to keep."""
+    or more). The floor guards the first number; the second is the open problem issue 23 tracks, and a
+    floor of 0 could not fail."""
     out = tmp_path / "report.json"
     command = [sys.executable, "-m", "service", "eval", "processbench", "--store", str(DEMO_STORE.root), "--data",
                str(REPO / "tests/fixtures/handwritten_arith.jsonl"), "--out", str(out), "--device", "cpu"]  # fmt: skip

@@ -65,8 +65,7 @@ def metrics_at(items: list[dict], scores: list[list[float]], threshold: float) -
     - `error_caught`: the share of erroneous items whose first wrong step scores below the threshold and below
       every step before it (a reranker or a search that prunes the lowest step acts on exactly this);
     - `by_generator`: per item `generator` (the policy in ProcessBench, the error kind in synthetic and
-      hand-written sets), the share whose
-      prediction is exact: the first wrong step, or -1 for a correct solution.
+      hand-written sets), the share whose prediction is exact: the first wrong step, or -1 for a correct one.
     """
     predictions = [first_below(step_scores, threshold) for step_scores in scores]
     metrics = subset_metrics(items, predictions)
