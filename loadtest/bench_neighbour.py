@@ -111,7 +111,10 @@ def pod_cgroups(cpus: int) -> list[Path] | None:
             else:
                 (group / "cpu.cfs_period_us").write_text("100000")
                 (group / "cpu.cfs_quota_us").write_text(str(cpus * 100000))
-    except OSError:
+    except OSError:  # e.g. cgroup v2 without the cpu controller delegated here: leave nothing behind
+        for group in groups:
+            if group.is_dir():
+                group.rmdir()
         return None
     return groups
 

@@ -7,7 +7,7 @@ import sys
 
 import httpx
 
-from tests.helpers import DEMO_STORE, README_EXAMPLE, REPO, Server
+from tests.helpers import DEMO_STORE, FIXTURES, README_EXAMPLE, REPO, Server, run_prm
 
 
 def test_the_demo_is_the_store_default_and_small():
@@ -74,9 +74,9 @@ def test_the_demo_on_hand_written_arithmetic(tmp_path):
     or more). The floor guards the first number; the second is the open problem issue 23 tracks, and a
     floor of 0 could not fail."""
     out = tmp_path / "report.json"
-    command = [sys.executable, "-m", "service", "eval", "processbench", "--store", str(DEMO_STORE.root), "--data",
-               str(REPO / "tests/fixtures/handwritten_arith.jsonl"), "--out", str(out), "--device", "cpu"]  # fmt: skip
-    subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    result = run_prm("eval", "processbench", "--store", str(DEMO_STORE.root), "--data",
+                     str(FIXTURES / "handwritten_arith.jsonl"), "--out", str(out), "--device", "cpu")  # fmt: skip
+    assert result.returncode == 0, result.stderr
     measured = json.loads(out.read_text())["subsets"]["handwritten_arith"]
     assert measured["n"] == 109 and measured["error_caught"] >= 60, measured
     assert measured["by_generator"]["hand-operation"] >= 80, measured  # 100%: the verb decides the operation
