@@ -77,28 +77,24 @@ def packed_scores(scorer: PackedScorer, items: list[EncodedItem], budget: int) -
 def padded_scores(prm, items: list[EncodedItem], budget: int) -> list[list[float]]:
     """Arrival-order batches whose padded size (rows x longest) fits the budget, right-padded, SDPA."""
     model = prm.model
-    model.set_attn_implementation("sdpa")
-    try:
-        scores, start = [], 0
-        while start < len(items):
-            end = start + 1
-            while end < len(items) and (end + 1 - start) * max(len(i) for i in items[start : end + 1]) <= budget:
-                end += 1
-            batch = items[start:end]
-            width = max(len(item) for item in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for row, item in enumerate(batch):
-                ids[row, : len(item)] = torch.tensor(item.input_ids)
-                mask[row, : len(item)] = 1
-            hidden = model.model(input_ids=ids.to(prm.device), attention_mask=mask.to(prm.device)).last_hidden_state
-            for row, item in enumerate(batch):
-                at = hidden[row, item.separator_positions].float()
-                scores.append(torch.softmax(model.score(at), dim=-1)[:, 1].cpu().tolist())
-            start = end
-        return scores
-    finally:
-        model.set_attn_implementation("prm_packed")
+    scores, start = [], 0
+    while start < len(items):
+        end = start + 1
+        while end < len(items) and (end + 1 - start) * max(len(i) for i in items[start : end + 1]) <= budget:
+            end += 1
+        batch = items[start:end]
+        width = max(len(item) for item in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, item in enumerate(batch):
+            ids[row, : len(item)] = torch.tensor(item.input_ids)
+            mask[row, : len(item)] = 1
+        hidden = model.model(input_ids=ids.to(prm.device), attention_mask=mask.to(prm.device)).last_hidden_state
+        for row, item in enumerate(batch):
+            at = hidden[row, item.separator_positions].float()
+            scores.append(torch.softmax(model.score(at), dim=-1)[:, 1].cpu().tolist())
+        start = end
+    return scores
 
 
 if __name__ == "__main__":

@@ -179,14 +179,10 @@ def plain_forward(prm, item) -> list[float]:
     import torch
 
     model = prm.model
-    model.set_attn_implementation("sdpa")
-    try:
-        with torch.inference_mode():
-            ids = torch.tensor([item.input_ids], device=prm.device)
-            hidden = model.model(input_ids=ids).last_hidden_state[0, item.separator_positions].float()
-            return torch.softmax(model.score(hidden), dim=-1)[:, 1].cpu().tolist()
-    finally:
-        model.set_attn_implementation("prm_packed")
+    with torch.inference_mode():
+        ids = torch.tensor([item.input_ids], device=prm.device)
+        hidden = model.model(input_ids=ids).last_hidden_state[0, item.separator_positions].float()
+        return torch.softmax(model.score(hidden), dim=-1)[:, 1].cpu().tolist()
 
 
 def check_correctness(prm, work) -> list[str]:
@@ -237,28 +233,24 @@ def engine_rows(prm, work, rows: list, cuda: bool) -> None:
 
     def padded_sorted(items, tokens):
         model = prm.model
-        model.set_attn_implementation("sdpa")
-        try:
-            queue = deque(sorted(items, key=len))
-            with torch.inference_mode():
-                while queue:
-                    batch = [queue.popleft()]
-                    while queue and (len(batch) + 1) * len(queue[0]) <= tokens:
-                        batch.append(queue.popleft())
-                    width = len(batch[-1])
-                    ids = torch.zeros(len(batch), width, dtype=torch.long)
-                    mask = torch.zeros(len(batch), width, dtype=torch.long)
-                    for row, item in enumerate(batch):
-                        ids[row, : len(item)] = torch.tensor(item.input_ids)
-                        mask[row, : len(item)] = 1
-                    hidden = model.model(input_ids=ids.to(prm.device), attention_mask=mask.to(prm.device))
-                    rows_, cols = zip(
-                        *((r, p) for r, item in enumerate(batch) for p in item.separator_positions), strict=True
-                    )
-                    at = hidden.last_hidden_state[list(rows_), list(cols)].float()
-                    torch.softmax(model.score(at), dim=-1)[:, 1].cpu()
-        finally:
-            model.set_attn_implementation("prm_packed")
+        queue = deque(sorted(items, key=len))
+        with torch.inference_mode():
+            while queue:
+                batch = [queue.popleft()]
+                while queue and (len(batch) + 1) * len(queue[0]) <= tokens:
+                    batch.append(queue.popleft())
+                width = len(batch[-1])
+                ids = torch.zeros(len(batch), width, dtype=torch.long)
+                mask = torch.zeros(len(batch), width, dtype=torch.long)
+                for row, item in enumerate(batch):
+                    ids[row, : len(item)] = torch.tensor(item.input_ids)
+                    mask[row, : len(item)] = 1
+                hidden = model.model(input_ids=ids.to(prm.device), attention_mask=mask.to(prm.device))
+                rows_, cols = zip(
+                    *((r, p) for r, item in enumerate(batch) for p in item.separator_positions), strict=True
+                )
+                at = hidden.last_hidden_state[list(rows_), list(cols)].float()
+                torch.softmax(model.score(at), dim=-1)[:, 1].cpu()
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -137,6 +137,6 @@ def test_cuda_varlen_layout_matches_the_per_segment_path(prm, processbench_items
     torch.manual_seed(0)
     query = torch.randn(1, heads, rows, dim)
     key, value = torch.randn(1, kv_heads, rows, dim), torch.randn(1, kv_heads, rows, dim)
-    expected, _ = attention.packed_attention(None, query, key, value, None, 0.25, packed=batch)
+    expected = attention.packed_attention(0, query, key, value, 0.25, batch)
     got = attention._varlen(query, key, value, 0.25, batch)
     assert torch.allclose(got, expected, atol=1e-5)

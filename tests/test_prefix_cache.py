@@ -176,14 +176,14 @@ def test_running_out_of_memory_empties_the_cache_and_the_batch_is_split(prm, wal
     scorer.score(encoded[:3])
     kept = cache.entries
     assert kept > 0
-    real = prm.model.step_scores
+    real = prm.forward
 
     def fails_on_long_batches(batch):  # a device too small for more than 3 sequences at once
         if len(batch.separator_counts) > 3:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return real(batch)
 
-    prm.model.step_scores = fails_on_long_batches
+    prm.forward = fails_on_long_batches
     try:
         engine = Engine(scorer, metrics, max_batch_tokens=100_000)
         future = engine.submit(encoded)
@@ -191,7 +191,7 @@ def test_running_out_of_memory_empties_the_cache_and_the_batch_is_split(prm, wal
         scores = future.result(timeout=60)
         engine.stop()
     finally:
-        prm.model.step_scores = real
+        prm.forward = real
     assert metrics.oom_splits._value.get() == 1
     assert metrics.prefix_cache_evictions._value.get() == kept  # the cache let go of everything first
     assert_same_scores(scores, PackedScorer(prm).score(encoded).scores)
@@ -241,7 +241,6 @@ def test_the_cache_is_refused_in_front_of_vllm():
 def test_the_cuda_varlen_path_reads_and_keeps_the_cache_as_the_per_segment_path(prm, walks, monkeypatch):
     """The CUDA branch (kept prefixes appended past the row, one varlen call), checked on the CPU against the
     per-segment path with the kernel's reference semantics (tests/test_packing.py)."""
-    from types import SimpleNamespace
 
     from service.prm import attention
     from service.prm.packing import pack
@@ -253,7 +252,6 @@ def test_the_cuda_varlen_path_reads_and_keeps_the_cache_as_the_per_segment_path(
     items = [prm.formatter.encode(walk) for walk in (walks[1], walks[7], walks[8])]
     hits = [cache.lookup(item.input_ids) for item in items]
     assert hits[0] is not None and hits[1] is None
-    layer = SimpleNamespace(layer_idx=1)
     results = []
     for varlen in (False, True):
         batch = pack(items, 64, hits, [True, True, False])
@@ -272,7 +270,7 @@ def test_the_cuda_varlen_path_reads_and_keeps_the_cache_as_the_per_segment_path(
             key_all, value_all = attention._with_cache(1, key, value, batch)
             out = attention._varlen(query, key_all, value_all, 0.25, batch)
         else:
-            out, _ = attention.packed_attention(layer, query, key, value, None, 0.25, packed=batch)
+            out = attention.packed_attention(1, query, key, value, 0.25, batch)
         results.append((out, batch.kept))
     (cpu, cpu_kept), (cuda, cuda_kept) = results
     assert torch.allclose(cuda, cpu, atol=1e-5)

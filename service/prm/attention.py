@@ -1,41 +1,27 @@
-"""The attention kernel of packed batches, registered with transformers as `prm_packed`.
+"""The attention of packed batches, which the serving forward (service.prm.forward) calls in every layer.
 
 Each segment of a PackedBatch attends causally to itself, after its shared prefix if it has one. On
 CUDA one flash `varlen_attn` call covers all segments; elsewhere scaled-dot-product attention runs
-per segment with the same semantics. Importing this module registers the kernel, which is what
-`attn_implementation=ATTENTION_NAME` (service.prm.loading) selects.
+per segment with the same semantics. Keys and values the prefix cache keeps are written here, layer
+by layer, and kept prefixes are read here.
 """
 
 import inspect
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
 
 from service.prm.packing import PackedBatch, Segment
 
-ATTENTION_NAME = "prm_packed"
-
 
 def packed_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    packed: PackedBatch | None = None,
-    **_: object,
-) -> tuple[torch.Tensor, None]:
-    """Attention within each packed segment; (1, heads, rows, d) in, (1, rows, heads, d) out."""
-    if packed is None:
-        raise RuntimeError(f"the {ATTENTION_NAME} attention needs a PackedBatch passed as `packed=`")
-    layer = getattr(module, "layer_idx", 0)
+    layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, packed: PackedBatch
+) -> torch.Tensor:
+    """Attention within each packed segment of layer `layer`; (1, heads, rows, d) in, (1, rows, heads, d) out."""
     if query.is_cuda and _varlen_attn is not None:
         if packed.hits or packed.kept is not None:
             key, value = _with_cache(layer, key, value, packed)
-        return _varlen(query, key, value, scaling, packed), None
+        return _varlen(query, key, value, scaling, packed)
     outputs = []
     for number, segment in enumerate(packed.segments):
         own = slice(segment.start, segment.end)
@@ -60,7 +46,7 @@ def packed_attention(
                 query[:, :, own], k, v, attn_mask=mask, is_causal=causal, scale=scaling, enable_gqa=True
             )
         )
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+    return torch.cat(outputs, dim=2).transpose(1, 2)
 
 
 def _context_mask(packed: PackedBatch, number: int, segment: Segment, keys: int, device) -> torch.Tensor:
@@ -124,4 +110,3 @@ def _load_varlen() -> tuple[object | None, dict, bool]:
 
 
 _varlen_attn, _VARLEN_OPTIONS, _VARLEN_GQA = _load_varlen()
-AttentionInterface.register(ATTENTION_NAME, packed_attention)

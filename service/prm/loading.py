@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from service.prm.attention import ATTENTION_NAME
 from service.prm.checkpoint import MANIFEST, CheckpointError, read_config, resolve_checkpoint
 from service.prm.formatting import PRMFormatter
+from service.prm.forward import PackedForward
 from service.prm.model import Qwen2ForProcessRewardModel
 
 FAMILY = "qwen2-prm"
@@ -26,6 +26,7 @@ class LoadedPRM:
     path: Path
     device: torch.device
     dtype: torch.dtype
+    forward: PackedForward | None = None  # the serving forward over `model`'s weights
 
     @property
     def max_length(self) -> int:
@@ -67,7 +68,7 @@ def load_prm(source: str, device: str = "auto", dtype: str = "auto", name: str |
     model, info = Qwen2ForProcessRewardModel.from_pretrained(
         path,
         dtype=target_dtype,
-        attn_implementation=ATTENTION_NAME,
+        attn_implementation="sdpa",  # the model card's padded forward; serving runs PackedForward
         use_safetensors=True,
         local_files_only=True,
         output_loading_info=True,
@@ -76,7 +77,8 @@ def load_prm(source: str, device: str = "auto", dtype: str = "auto", name: str |
         raise CheckpointError(f"{path} lacks weights for {sorted(info['missing_keys'])[:5]} (and maybe more)")
     model.to(target_device).eval()
     formatter = _formatter(path, model.config.max_position_embeddings)
-    return LoadedPRM(model, formatter, name, _version(path, revision), path, target_device, target_dtype)
+    version = _version(path, revision)
+    return LoadedPRM(model, formatter, name, version, path, target_device, target_dtype, PackedForward(model))
 
 
 def load_tokenizer(source: str, name: str | None = None) -> LoadedPRM:

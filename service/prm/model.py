@@ -2,16 +2,15 @@
 
 The checkpoint's own remote code is never executed: this class reproduces its
 layout (`model.*` backbone, `score.0` Linear(H, H), ReLU, `score.2` Linear(H, 2))
-and loads the safetensors weights into it. Serving only: the training losses
-live in service.jobs.train.objective.
+and loads the safetensors weights into it. Its forward is the model card's (padded batches); serving
+runs service.prm.forward over the same weights, and the training losses live in
+service.jobs.train.objective.
 """
 
 import torch
 from torch import nn
 from transformers import Qwen2Config, Qwen2Model, Qwen2PreTrainedModel
 from transformers.modeling_outputs import TokenClassifierOutput
-
-from service.prm.packing import PackedBatch
 
 NUM_LABELS = 2  # Qwen2.5-Math-PRM's config has no num_labels; the head always has two logits
 
@@ -33,20 +32,3 @@ class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
         """Two logits at every position (padded batches), as the checkpoint's remote code computes them."""
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return TokenClassifierOutput(logits=self.score(outputs.last_hidden_state.float()))
-
-    @torch.inference_mode()
-    def step_scores(self, batch: PackedBatch) -> torch.Tensor:
-        """Positive-class probability at every separator of a packed batch, in fp32.
-
-        The cache stays off: with one, transformers would attend across packed sequences.
-        """
-        mask_per_layer_type = {layer_type: None for layer_type in set(self.config.layer_types)}
-        hidden = self.model(
-            input_ids=batch.input_ids,
-            position_ids=batch.position_ids,
-            attention_mask=mask_per_layer_type,
-            use_cache=False,
-            packed=batch,
-        ).last_hidden_state[0]
-        logits = self.score(hidden.index_select(0, batch.separator_index).float())
-        return torch.softmax(logits, dim=-1)[:, 1]

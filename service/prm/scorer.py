@@ -57,7 +57,7 @@ class PackedScorer:
             batch = pack(items, self.min_shared_prefix, hits, keep).to(self.prm.device)
             for index in (index for index, kept in enumerate(keep or []) if kept):
                 batch.kept[index] = self._buffers(len(items[index]))
-            probabilities = self.prm.model.step_scores(batch).to("cpu", non_blocking=True)
+            probabilities = self.prm.forward(batch).to("cpu", non_blocking=True)
         except torch.OutOfMemoryError as error:
             if cache is not None:  # the cache yields its memory before a request fails
                 cache.unpin(used)

@@ -1,0 +1,64 @@
+"""The serving forward (service.prm.forward): fused weights without a second copy, and its matmul choice.
+
+Its scores against the model card, across batch compositions and with shared prefixes, are checked in
+test_scoring, test_packing and test_prefix_cache, which all run through it.
+"""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from service.prm import forward
+from service.prm.formatting import ScoringInput
+from service.prm.loading import load_prm
+from service.prm.packing import pack
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def prm(checkpoint):
+    return load_prm(str(checkpoint), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def batch(prm, processbench_items):
+    return pack([prm.formatter.encode(ScoringInput(item["problem"], item["steps"])) for item in processbench_items])
+
+
+def test_fused_weights_are_the_only_copy(prm, checkpoint):
+    fresh = load_prm(str(checkpoint), device="cpu", dtype="float32").model
+    served = dict(prm.model.named_parameters())
+    assert served.keys() == dict(fresh.named_parameters()).keys()
+    for layer, fused in zip(prm.model.model.layers, prm.forward.layers, strict=True):
+        attention, mlp = layer.self_attn, layer.mlp
+        groups = (
+            (fused.qkv_weight, [attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]),
+            (fused.qkv_bias, [attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias]),
+            (fused.gate_up_weight, [mlp.gate_proj.weight, mlp.up_proj.weight]),
+        )
+        for whole, parts in groups:
+            assert all(part.untyped_storage().data_ptr() == whole.untyped_storage().data_ptr() for part in parts)
+            assert torch.equal(torch.cat(list(parts)), whole)
+    for name, parameter in fresh.named_parameters():  # every module still holds exactly its own weights
+        assert torch.equal(served[name], parameter), name
+
+
+def test_the_model_card_forward_over_the_fused_weights_gives_the_served_scores(prm, batch, processbench_items):
+    served = prm.forward(batch)
+    expected = []
+    with torch.inference_mode():
+        for item in processbench_items:
+            encoded = prm.formatter.encode(ScoringInput(item["problem"], item["steps"]))
+            logits = prm.model(torch.tensor([encoded.input_ids])).logits[0, encoded.separator_positions]
+            expected.append(torch.softmax(logits, dim=-1)[:, 1])
+    assert torch.allclose(served, torch.cat(expected), atol=TOLERANCE)
+
+
+def test_cpu_float32_matmuls_go_to_onednn_and_agree_with_torch_default(prm, batch):
+    assert prm.forward.linear is forward._onednn_linear
+    with_default = copy.copy(prm.forward)
+    with_default.linear = F.linear
+    assert torch.allclose(prm.forward(batch), with_default(batch), atol=TOLERANCE)
