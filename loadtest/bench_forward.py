@@ -91,7 +91,11 @@ def transformers_forward(model):
     @torch.inference_mode()
     def run(batch: PackedBatch) -> torch.Tensor:
         hidden = model.model(
-            input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=masks, use_cache=False, packed=batch
+            input_ids=batch.input_ids,
+            position_ids=batch.position_ids,
+            attention_mask=masks,
+            use_cache=False,
+            packed=batch,
         ).last_hidden_state[0]
         return torch.softmax(model.score(hidden.index_select(0, batch.separator_index).float()), dim=-1)[:, 1]
 
