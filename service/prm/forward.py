@@ -5,10 +5,10 @@ forward use them); serving runs this instead, over the same tensors. Per layer i
 where transformers makes seven: q, k and v are one weight, and gate and up another. The fused weights
 are the only copy: the modules' own parameters become views into them, so memory does not grow.
 
-On CPU the matmuls go to oneDNN, the library torch's own compiler emits for CPU linears: on this
-project's AMD machines MKL's fp32 GEMM, which `F.linear` calls, runs at about half of oneDNN's rate
-(loadtest/bench_engine.py measures both). Everything else stays in torch: the norms are torch's fused
-RMSNorm, rotary embeddings come from the model's own module, attention is service.prm.attention.
+On CPU the matmuls go to oneDNN, as in vLLM's CPU build and in what torch's compiler emits for CPU
+linears: on this project's AMD machines MKL's fp32 GEMM, which `F.linear` calls, runs 15-25% below
+oneDNN's rate at these shapes (loadtest/bench_forward.py times the whole forward both ways). The rest
+is torch's: its fused RMSNorm, the model's own rotary module, and service.prm.attention.
 """
 
 import torch
