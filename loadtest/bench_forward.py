@@ -11,6 +11,7 @@ way's ratio to `transformers` (median of per-round ratios).
 
     python loadtest/bench_forward.py
     python loadtest/bench_forward.py --data ../shared/data/processbench/math.json --rounds 9
+    python loadtest/bench_forward.py --profile   # where the time goes (loadtest/profile_vllm.py: vLLM's)
 """
 
 import argparse
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--profile", action="store_true", help="then print torch.profiler's table of `fused`")
     args = parser.parse_args()
 
     prm = load_prm(str(args.model), device=args.device, dtype=args.dtype)
@@ -76,6 +78,13 @@ def main() -> None:
     for name, times in seconds.items():
         ratio = statistics.median(b / a for a, b in zip(times, seconds["transformers"], strict=True))
         print(f"{name:14s} {tokens / statistics.median(times):10.0f} {ratio:15.2f}x")
+    if args.profile:
+        from torch.profiler import profile
+
+        with profile() as profiler:
+            for batch in batches:
+                prm.forward(batch)
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 def transformers_forward(model):

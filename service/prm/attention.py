@@ -76,7 +76,7 @@ def _with_cache(layer: int, key, value, packed: PackedBatch) -> tuple[torch.Tens
 def _varlen(query, key, value, scaling: float, packed: PackedBatch) -> torch.Tensor:
     """One flash varlen call; with seqlen_k > seqlen_q its causal mask is bottom-right aligned,
     so a continuation sees its whole prefix."""
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (rows, heads, d)
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (rows, heads, d), dense
     if packed.kv_index is not None:
         k, v = k.index_select(0, packed.kv_index), v.index_select(0, packed.kv_index)
     if not _VARLEN_GQA and k.shape[1] != q.shape[1]:
