@@ -35,7 +35,8 @@ def main() -> None:
         pooler_config=PoolerConfig(step_tag_id=args.separator),
         gpu_memory_utilization=0.15,
     )
-    tokens = sum(len(llm.get_tokenizer()(prompt)["input_ids"]) for prompt in prompts)
+    tokenizer = llm.get_tokenizer()
+    tokens = sum(len(tokenizer(prompt)["input_ids"]) for prompt in prompts)
     llm.encode(prompts[:8], use_tqdm=False, pooling_task="token_classify")
     for _ in range(3):
         started = time.perf_counter()

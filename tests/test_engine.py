@@ -8,21 +8,9 @@ import pytest
 from service.engine import Engine
 from service.engine.batching import take_batch
 from service.metrics import Metrics
-from service.prm.formatting import ScoringInput
-from service.prm.loading import load_prm
 from service.prm.scorer import PackedScorer
 
 TOLERANCE = 1e-5
-
-
-@pytest.fixture(scope="module")
-def prm(checkpoint):
-    return load_prm(str(checkpoint), device="cpu", dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def encoded(prm, processbench_items):
-    return [prm.formatter.encode(ScoringInput(item["problem"], item["steps"])) for item in processbench_items]
 
 
 def sample(histogram, suffix: str) -> float:

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from service.prm import forward
-from service.prm.formatting import ScoringInput
 from service.prm.loading import load_prm
 from service.prm.packing import pack
 
@@ -19,13 +18,8 @@ TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def prm(checkpoint):
-    return load_prm(str(checkpoint), device="cpu", dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def batch(prm, processbench_items):
-    return pack([prm.formatter.encode(ScoringInput(item["problem"], item["steps"])) for item in processbench_items])
+def batch(encoded):
+    return pack(encoded)
 
 
 def test_fused_weights_are_the_only_copy(prm, checkpoint):
@@ -46,13 +40,12 @@ def test_fused_weights_are_the_only_copy(prm, checkpoint):
         assert torch.equal(served[name], parameter), name
 
 
-def test_the_model_card_forward_over_the_fused_weights_gives_the_served_scores(prm, batch, processbench_items):
+def test_the_model_card_forward_over_the_fused_weights_gives_the_served_scores(prm, batch, encoded):
     served = prm.forward(batch)
     expected = []
     with torch.inference_mode():
-        for item in processbench_items:
-            encoded = prm.formatter.encode(ScoringInput(item["problem"], item["steps"]))
-            logits = prm.model(torch.tensor([encoded.input_ids])).logits[0, encoded.separator_positions]
+        for item in encoded:
+            logits = prm.model(torch.tensor([item.input_ids])).logits[0, item.separator_positions]
             expected.append(torch.softmax(logits, dim=-1)[:, 1])
     assert torch.allclose(served, torch.cat(expected), atol=TOLERANCE)
 

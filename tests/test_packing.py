@@ -3,16 +3,10 @@
 import pytest
 
 from service.prm.formatting import ScoringInput
-from service.prm.loading import load_prm
 from service.prm.packing import Segment, pack
 from service.prm.scorer import PackedScorer
 
 TOLERANCE = 1e-5
-
-
-@pytest.fixture(scope="module")
-def prm(checkpoint):
-    return load_prm(str(checkpoint), device="cpu", dtype="float32")
 
 
 def test_unshared_items_lie_end_to_end_in_input_order(prm):

@@ -12,7 +12,7 @@ import torch
 from service.engine import Engine
 from service.metrics import Metrics
 from service.prm.formatting import ScoringInput
-from service.prm.loading import load_prm
+from service.prm.forward import PackedForward
 from service.prm.prefix_cache import PrefixCache
 from service.prm.scorer import PackedScorer
 from tests.checkpoints import build_random_checkpoint
@@ -20,11 +20,6 @@ from tests.helpers import Server, run_prm, tokenizer_corpus
 from tests.model_card import ModelCardPRM
 
 TOLERANCE = 1e-5
-
-
-@pytest.fixture(scope="module")
-def prm(checkpoint):
-    return load_prm(str(checkpoint), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -176,22 +171,20 @@ def test_running_out_of_memory_empties_the_cache_and_the_batch_is_split(prm, wal
     scorer.score(encoded[:3])
     kept = cache.entries
     assert kept > 0
-    real = prm.forward
+    real = PackedForward.__call__
 
-    def fails_on_long_batches(batch):  # a device too small for more than 3 sequences at once
+    def fails_on_long_batches(self, batch):  # a device too small for more than 3 sequences at once
         if len(batch.separator_counts) > 3:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real(batch)
+        return real(self, batch)
 
-    prm.forward = fails_on_long_batches
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PackedForward, "__call__", fails_on_long_batches)
         engine = Engine(scorer, metrics, max_batch_tokens=100_000)
         future = engine.submit(encoded)
         engine.start()
         scores = future.result(timeout=60)
         engine.stop()
-    finally:
-        prm.forward = real
     assert metrics.oom_splits._value.get() == 1
     assert metrics.prefix_cache_evictions._value.get() == kept  # the cache let go of everything first
     assert_same_scores(scores, PackedScorer(prm).score(encoded).scores)

@@ -11,11 +11,6 @@ from service.prm.scorer import PackedScorer
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module")
-def prm(checkpoint):
-    return load_prm(str(checkpoint), device="cpu", dtype="float32")
-
-
 def as_input(item: dict) -> ScoringInput:
     return ScoringInput(item["problem"], item["steps"])
 

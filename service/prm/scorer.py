@@ -89,10 +89,9 @@ class PackedScorer:
         return result
 
     def _buffers(self, tokens: int) -> KeptBuffers:
-        config = self.prm.model.config
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        shape = (config.num_key_value_heads, tokens, head_dim)
-        return KeptBuffers.empty(config.num_hidden_layers, shape, self.prm.dtype, self.prm.device)
+        forward = self.prm.forward
+        shape = (forward.kv_heads, tokens, forward.head_dim)
+        return KeptBuffers.empty(len(forward.layers), shape, self.prm.dtype, self.prm.device)
 
     def score(self, items: list[EncodedItem]) -> ScoredBatch:
         return self.launch(items)()
