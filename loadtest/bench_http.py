@@ -159,6 +159,20 @@ def wrk(port: int, bodies: Path, duration: int, connections: int, path: str = "/
     }
 
 
+def alternating_rounds(ports: dict[str, int], bodies: Path, item: dict, rounds: int, duration: int, connections: int):
+    """req/s of each server in each round, the order reversed every other round; each run is drained
+    (`drain` with `item`) before the next starts. Returns {name: [req/s per round]}."""
+    rates: dict[str, list[float]] = {name: [] for name in ports}
+    for round_number in range(rounds):
+        for name in ports if round_number % 2 == 0 else reversed(ports):
+            result = wrk(ports[name], bodies, duration, connections)
+            assert result["errors"] == 0, result
+            rates[name].append(result["rps"])
+            print(f"round {round_number + 1} {name:20s} {result['rps']:.1f} req/s", flush=True)
+            drain(ports[name], item)
+    return rates
+
+
 def report(results: dict, items: dict, args) -> None:
     print(
         f"\nmedians over {args.rounds} round(s) of {args.duration} s, {args.connections} connections, "

@@ -18,7 +18,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench_http import body, build_checkpoint, drain, texts, wrk
+from bench_http import alternating_rounds, body, build_checkpoint, texts
 from common import ROOT, start_prm_serve, wait_ready
 
 HERE = Path(__file__).parent
@@ -54,14 +54,7 @@ def main() -> None:
         try:
             for name, process in servers.items():
                 wait_ready(PORTS[name], process)
-            rates: dict[str, list[float]] = {name: [] for name in servers}
-            for round_number in range(args.rounds):
-                for name in servers if round_number % 2 == 0 else reversed(servers):
-                    result = wrk(PORTS[name], bodies, args.duration, args.connections)
-                    assert result["errors"] == 0, result
-                    rates[name].append(result["rps"])
-                    print(f"round {round_number + 1} {name:20s} {result['rps']:.1f} req/s", flush=True)
-                    drain(PORTS[name], items[0])
+            rates = alternating_rounds(PORTS, bodies, items[0], args.rounds, args.duration, args.connections)
         finally:
             for process in servers.values():
                 process.terminate()

@@ -255,8 +255,9 @@ class Runtime:
             "threads_from": self.threads.reason,
         }
 
-    async def score(self, encode: Encoder, timeout: float | None = None) -> Scored:
-        """Score what `encode` makes of a request with the serving model's tokenizer (off the event loop).
+    async def score(self, encode: Encoder, timeout: float | None = None, inline: bool = False) -> Scored:
+        """Score what `encode` makes of a request with the serving model's tokenizer: in a worker thread, or
+        on the event loop if `inline` (a small request, for which the thread hop costs more).
 
         Admission has its two bounds here and in the engine, as in TEI's core: beyond
         --max-concurrent-requests requests in flight, or --max-queue-tokens queued tokens, Overloaded (429)
@@ -268,16 +269,16 @@ class Runtime:
             raise Overloaded(f"{self._in_flight} requests are in flight; the limit is {limit}")
         self._in_flight += 1
         try:
-            return await self._score(encode, timeout)
+            return await self._score(encode, timeout, inline)
         finally:
             self._in_flight -= 1
 
-    async def _score(self, encode: Encoder, timeout: float | None) -> Scored:
+    async def _score(self, encode: Encoder, timeout: float | None, inline: bool) -> Scored:
         while True:
             serving = self._current()
             if serving.upstream is not None and not serving.upstream.up:
                 raise UpstreamUnavailable(self.not_ready_reason)
-            encoded = await asyncio.to_thread(encode, serving.prm)
+            encoded = encode(serving.prm) if inline else await asyncio.to_thread(encode, serving.prm)
             tokens = sum(len(item) for item in encoded)
             try:
                 future = serving.engine.submit(encoded, timeout, tokens=tokens)

@@ -1,10 +1,13 @@
 """The HTTP contract against a real `prm serve` process on loopback."""
 
+import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+
+from service.api.routes import INLINE_ENCODE_BYTES
 
 TOLERANCE = 1e-5
 
@@ -34,6 +37,21 @@ def test_score_steps_batch_keeps_order(server, reference, processbench_items):
         assert result["step_scores"] == pytest.approx(reference.step_rewards(**item), abs=TOLERANCE)
     tokens = sum(reference.conversation(**item).shape[1] for item in items)
     assert body["usage"]["tokens"] == tokens
+
+
+def test_large_bodies_are_tokenized_off_the_event_loop_with_the_same_scores_and_errors(server, processbench_items):
+    """Small bodies are tokenized on the event loop, large ones in a worker thread: the same answers either way."""
+    items = [{"problem": item["problem"], "steps": item["steps"]} for item in processbench_items] * 4
+    large = {"items": items}
+    assert len(json.dumps(large)) > INLINE_ENCODE_BYTES > max(len(json.dumps(item)) for item in items)
+    response = post(server, "/score_steps", large)
+    assert response.status_code == 200
+    alone = [post(server, "/score_steps", item).json()["step_scores"] for item in items[: len(processbench_items)]]
+    for result, expected in zip(response.json()["results"], alone * 4, strict=True):
+        assert result["step_scores"] == pytest.approx(expected, abs=TOLERANCE)
+    bad = post(server, "/score_steps", {"items": [*items[:-1], {"problem": "2+2?", "steps": ["a", " "]}]})
+    assert bad.status_code == 422
+    assert f"items[{len(items) - 1}].steps[1]" in bad.json()["error"]
 
 
 def test_concurrent_requests_all_get_their_own_scores(server, reference, processbench_items):

@@ -4,6 +4,8 @@ With no keys configured everything is open (a local or private deployment). With
 the scoring routes need one; /admin/* needs an admin key (and is closed while only API keys
 are set); /health and /ready stay public, /metrics too unless --protect-metrics.
 Keys are compared in constant time, every configured key each time.
+The checks are coroutines, though they never wait: FastAPI runs a plain function dependency in its thread
+pool, a thread hop on every scoring request.
 """
 
 import hmac
@@ -37,7 +39,7 @@ def _config(request: Request) -> ServeConfig:
     return request.app.state.runtime.config
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     config = _config(request)
     if not config.api_keys and not config.admin_keys:
         return
@@ -46,7 +48,7 @@ def require_api_key(request: Request) -> None:
         raise Unauthorized("a valid API key is required: Authorization: Bearer <key>")
 
 
-def require_admin_key(request: Request) -> None:
+async def require_admin_key(request: Request) -> None:
     config = _config(request)
     if not config.api_keys and not config.admin_keys:
         return
@@ -59,6 +61,6 @@ def require_admin_key(request: Request) -> None:
         raise Unauthorized("an admin key is required: Authorization: Bearer <key>")
 
 
-def require_metrics_key(request: Request) -> None:
+async def require_metrics_key(request: Request) -> None:
     if _config(request).protect_metrics:
-        require_api_key(request)
+        await require_api_key(request)

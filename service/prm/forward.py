@@ -8,7 +8,8 @@ are the only copy: the modules' own parameters become views into them, so memory
 On CPU the matmuls go to oneDNN, as in vLLM's CPU build and in what torch's compiler emits for CPU
 linears: on this project's AMD machines MKL's fp32 GEMM, which `F.linear` calls, runs 15-25% below
 oneDNN's rate at these shapes (loadtest/bench_forward.py times the whole forward both ways). The rest
-is torch's: its fused RMSNorm, the model's own rotary module, and service.prm.attention.
+is torch's: its fused RMSNorm and service.prm.attention. The rotary cosines and sines are the model's
+own rotary module's, computed once for every position it can see and then looked up per token.
 """
 
 import torch
@@ -27,6 +28,7 @@ class PackedForward:
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.backbone, self.head = model.model, model.score
+        self.cos, self.sin = _rotary_tables(self.backbone, config.max_position_embeddings)
         self.layers = [_FusedLayer(layer) for layer in self.backbone.layers]
         self.linear = _onednn_linear if _use_onednn(model) else F.linear
 
@@ -34,7 +36,8 @@ class PackedForward:
     def __call__(self, batch: PackedBatch) -> torch.Tensor:
         backbone, rows = self.backbone, batch.computed_tokens
         x = backbone.embed_tokens(batch.input_ids[0])
-        cos, sin = (t[0, :, None] for t in backbone.rotary_emb(x, batch.position_ids))  # (rows, 1, head_dim)
+        positions = batch.position_ids[0]
+        cos, sin = (t.index_select(0, positions)[:, None] for t in (self.cos, self.sin))  # (rows, 1, head_dim)
         for number, layer in enumerate(self.layers):
             qkv = self.linear(_rms_norm(x, layer.attention_norm), layer.qkv_weight, layer.qkv_bias)
             qkv = qkv.view(rows, self.heads + 2 * self.kv_heads, self.head_dim)
@@ -81,10 +84,24 @@ def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding as transformers' Qwen2 applies it (rotate_half), to (rows, heads, head_dim)."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+def _rotary_tables(backbone: nn.Module, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions, head_dim) cosines, and sines with rotate_half's sign folded into their first half.
+
+    The rotary module's values are elementwise in the position, so a table of them is exact; inputs are
+    never longer than `max_position_embeddings` (service.prm.formatting refuses them), so none grows it.
+    """
+    anchor = next(backbone.parameters())
+    position_ids = torch.arange(positions, device=anchor.device)[None]
+    with torch.inference_mode():
+        cos, sin = (t[0] for t in backbone.rotary_emb(anchor, position_ids))
+        half = sin.shape[-1] // 2
+        return cos, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding as transformers' Qwen2 applies it, to (rows, heads, head_dim): x * cos +
+    rotate_half(x) * sin, where rotate_half(x) * sin is the halves swapped times the signed sines, bit for bit."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 def _use_onednn(model: nn.Module) -> bool:
