@@ -35,6 +35,7 @@ from bench_http import body, build_checkpoint, drain, texts, wrk
 from common import ROOT, start_prm_serve, wait_ready
 
 from service.prm.formatting import PRMFormatter, ScoringInput, split_steps
+from tests.helpers import start_vllm_pooling
 
 HERE = Path(__file__).parent
 PORTS = {"vllm": 8141, "prm serve": 8142}
@@ -147,21 +148,8 @@ def write_bodies(args, subsets: dict, vllm_body: VLLMBody) -> dict:
 
 
 def start_vllm(args, checkpoint: Path, separator: int) -> subprocess.Popen:
-    """Tuned as vLLM's CPU docs say: every core in its OpenMP pool, none reserved, libiomp preloaded."""
-    command = [str(args.vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint)]
-    command += ["--runner", "pooling", "--dtype", "float32", "--port", str(PORTS["vllm"])]
-    command += ["--pooler-config", json.dumps({"step_tag_id": separator}), "--gpu-memory-utilization", "0.15"]
-    environment = {
-        **os.environ,
-        "VLLM_HOST_IP": "127.0.0.1",
-        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-        "VLLM_CPU_OMP_THREADS_BIND": f"0-{len(os.sched_getaffinity(0)) - 1}",
-    }
-    libiomp = args.vllm_python.parent.parent / "lib/libiomp5.so"
-    if libiomp.exists():
-        environment["LD_PRELOAD"] = str(libiomp)
     log = (args.work / "vllm.log").open("w")  # noqa: SIM115 (lives as long as the server)
-    return subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    return start_vllm_pooling(args.vllm_python, checkpoint, PORTS["vllm"], separator, log)
 
 
 def max_difference(items: list[dict], vllm_body: VLLMBody) -> float:

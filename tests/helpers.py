@@ -52,6 +52,25 @@ def tokenizer_corpus() -> list[str]:
     return [item["problem"] for item in items] + [step for item in items for step in item["steps"]]
 
 
+def start_vllm_pooling(python: Path, checkpoint: Path, port: int, separator_id: int, log) -> subprocess.Popen:
+    """vLLM's OpenAI server (its CPU build, in the venv of `python`) in pooling mode on loopback, scoring at
+    `separator_id`, tuned as its CPU docs say: every core of this process's affinity mask in its OpenMP pool,
+    none reserved, libiomp preloaded where the venv has it. Output goes to the open file `log`."""
+    command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint)]
+    command += ["--runner", "pooling", "--dtype", "float32", "--port", str(port)]
+    command += ["--pooler-config", json.dumps({"step_tag_id": separator_id}), "--gpu-memory-utilization", "0.15"]
+    environment = {
+        **os.environ,
+        "VLLM_HOST_IP": "127.0.0.1",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        "VLLM_CPU_OMP_THREADS_BIND": f"0-{len(os.sched_getaffinity(0)) - 1}",
+    }
+    libiomp = python.parent.parent / "lib" / "libiomp5.so"
+    if libiomp.exists():
+        environment["LD_PRELOAD"] = str(libiomp)
+    return subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

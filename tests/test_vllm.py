@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.checkpoints import build_random_checkpoint
-from tests.helpers import REPO, Server, free_port, tokenizer_corpus, wait_until_answering
+from tests.helpers import REPO, Server, free_port, start_vllm_pooling, tokenizer_corpus, wait_until_answering
 from tests.model_card import ModelCardPRM
 
 VLLM_PYTHON = Path(os.environ.get("PRM_TEST_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
@@ -35,21 +35,9 @@ class VLLM:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "VLLM":
-        command = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.checkpoint)]
-        command += ["--runner", "pooling", "--dtype", "float32", "--port", str(self.port)]
-        command += ["--pooler-config", f'{{"step_tag_id": {self.separator_id}}}', "--gpu-memory-utilization", "0.15"]
-        environment = {
-            **os.environ,
-            "VLLM_HOST_IP": "127.0.0.1",
-            "VLLM_CPU_OMP_THREADS_BIND": f"0-{os.cpu_count() - 1}",
-            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-        }
-        libiomp = VLLM_PYTHON.parent.parent / "lib" / "libiomp5.so"
-        if libiomp.exists():
-            environment["LD_PRELOAD"] = str(libiomp)
         log = self.checkpoint.parent / f"vllm-{self.port}.log"
         self.log = log.open("w")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(command, env=environment, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = start_vllm_pooling(VLLM_PYTHON, self.checkpoint, self.port, self.separator_id, self.log)
         wait_until_answering(f"{self.url}/health", self.process, log.read_text, timeout=300)  # 40-60 s here
         return self
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from service.cgroups import memory_headroom
+
 
 class PrefixCacheTooLarge(ValueError):
     """The cache size asked for does not fit in the device's free memory."""
@@ -33,12 +35,12 @@ class PrefixCacheTooLarge(ValueError):
 
 def free_bytes(device: torch.device) -> int:
     """Memory this process may still take on `device`: free GPU memory, or on CPU what the system has
-    available within the cgroup's memory limit."""
+    available within what its cgroups (its own, a pod's, a slice's) have left."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     free = _meminfo_available() or os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    limit, used = _read_int(Path("/sys/fs/cgroup/memory.max")), _read_int(Path("/sys/fs/cgroup/memory.current"))
-    return min(free, limit - used) if limit is not None and used is not None else free
+    headroom = memory_headroom()
+    return free if headroom is None else min(free, headroom)
 
 
 def _meminfo_available() -> int | None:
@@ -49,13 +51,6 @@ def _meminfo_available() -> int | None:
     except OSError:
         pass
     return None
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())  # "max" (no limit) is not an int
-    except (OSError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
