@@ -83,6 +83,17 @@ def serve(
             show_default=False,
         ),
     ] = ServeConfig.threads,
+    engine_workers: Annotated[
+        int | None,
+        typer.Option(
+            envvar="PRM_ENGINE_WORKERS",
+            min=1,
+            help="Batches computed at once, each by a worker with its share of the threads (default: 2 on CPU "
+            "with 2 or more threads, else 1). Independent pools tolerate the HTTP work and neighbours that "
+            "preempt a thread; one pool of all threads gives the lowest latency to a lone request.",
+            show_default=False,
+        ),
+    ] = ServeConfig.engine_workers,
     max_batch_tokens: Annotated[
         int | None,
         typer.Option(

@@ -35,6 +35,24 @@ def batch_tokens(configured: int | None, device_type: str) -> int:
     return configured or DEFAULT_BATCH_TOKENS.get(device_type, DEFAULT_BATCH_TOKENS["cpu"])
 
 
+def engine_workers(configured: int | None, device_type: str, threads: int) -> int:
+    """The configured count (at most one a thread on CPU), else 2 on a CPU with 2 or more threads, else 1.
+
+    On CPU two pools of half the threads each beat one of all of them (loadtest/bench_engine.py
+    --workers): a thread that the HTTP work or a neighbour preempts stalls only its own pool's parallel
+    regions. A GPU runs one batch at a time anyway, and a vLLM upstream batches for itself."""
+    if device_type == "vllm":
+        return 1
+    if device_type != "cpu":
+        return configured or 1
+    return min(configured, threads) if configured else min(2, threads)
+
+
+def thread_shares(threads: int, workers: int) -> list[int]:
+    """`threads` split over `workers` as evenly as they go, the first ones taking the remainder."""
+    return [threads // workers + (number < threads % workers) for number in range(workers)]
+
+
 def split_keys(values: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
     """Keys given one per flag or several in one value (PRM_API_KEYS), separated by commas or spaces."""
     return tuple(key for value in values or () for key in re.split(r"[,\s]+", value) if key)
@@ -50,6 +68,7 @@ class ServeConfig:
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     dtype: Dtype = "auto"
     threads: int | None = None  # CPU threads for the forward; None: what affinity and the cgroup quota allow
+    engine_workers: int | None = None  # batches computed at once, each with its share of the threads; None: by device
     max_batch_tokens: int | None = None  # None: by device, DEFAULT_BATCH_TOKENS
     max_wait_ms: float = 0.0
     max_queue_tokens: int = 262144

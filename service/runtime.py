@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from service.config import DEFAULT_PREFIX_CACHE_MB, ServeConfig, batch_tokens
+from service.config import DEFAULT_PREFIX_CACHE_MB, ServeConfig, batch_tokens, engine_workers, thread_shares
 from service.engine import Engine, EngineStopped, Overloaded
 from service.metrics import Metrics
 from service.prm.checkpoint import CheckpointError
@@ -22,7 +22,7 @@ from service.prm.loading import FAMILY, LoadedPRM, load_prm, load_tokenizer
 from service.prm.prefix_cache import PrefixCache, PrefixCacheTooLarge, free_bytes
 from service.prm.scorer import PackedScorer
 from service.store import open_store, resolve_model
-from service.threads import thread_budget
+from service.threads import size_this_threads_pool, thread_budget
 from service.upstream import UpstreamUnavailable, VLLMScorer
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class Serving:
     engine: Engine
     upstream: VLLMScorer | None = None  # with --vllm-url: the backend, whose health is the server's
     cache: PrefixCache | None = None  # the model's own prefix cache, if on
+    workers: int = 1  # engine workers, each computing its own batch
 
     def retire(self, timeout: float | None = None) -> None:
         """Finish what the engine has queued (within `timeout`), then let go of the upstream's connections."""
@@ -159,6 +160,8 @@ class Runtime:
             cache = self._prefix_cache(prm, first_load=self.serving is None)
             upstream, budget_key = None, prm.device.type
             scorer = PackedScorer(prm, self.config.min_shared_prefix, cache)
+        workers = engine_workers(self.config.engine_workers, budget_key, self.threads.threads)
+        shares = thread_shares(self.threads.threads, workers)
         engine = Engine(
             scorer,
             self.metrics,
@@ -166,10 +169,13 @@ class Runtime:
             max_wait_ms=self.config.max_wait_ms,
             max_queue_tokens=self.config.max_queue_tokens,
             on_worker_death=lambda error: self._fatal(f"the engine worker died: {error!r}"),
+            workers=workers,
+            on_worker_start=lambda number: size_this_threads_pool(shares[number]),
         )
         engine.start()
         engine.submit([prm.formatter.encode(WARMUP_ITEM)]).result()
-        return Serving(prm, engine, upstream, cache)
+        log.info("engine: %d worker(s), threads %s", workers, "+".join(map(str, shares)))
+        return Serving(prm, engine, upstream, cache, workers)
 
     def _prefix_cache(self, prm: LoadedPRM, first_load: bool) -> PrefixCache | None:
         """A new, empty cache for a newly loaded model, so no other model's keys and values are ever served.
@@ -251,8 +257,9 @@ class Runtime:
             "device": f"vllm {serving.upstream.url}" if serving.upstream else str(prm.device),
             "max_length": prm.max_length,
             "prefix_cache_mb": serving.cache.capacity_bytes / 2**20 if serving.cache else 0,
-            "threads": torch.get_num_threads(),  # what the pool has, as set in start_loading
+            "threads": self.threads.threads,  # all engine workers' together
             "threads_from": self.threads.reason,
+            "engine_workers": serving.workers,
         }
 
     async def score(self, encode: Encoder, timeout: float | None = None, inline: bool = False) -> Scored:

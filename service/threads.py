@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from service.cgroups import CGROUP_ROOT, SELF_CGROUP, cpu_quota
 
 
@@ -40,3 +42,12 @@ def thread_budget(
 
 def _cores(count: int) -> str:
     return f"{count} core" if count == 1 else f"{count} cores"
+
+
+def size_this_threads_pool(threads: int) -> None:
+    """Give the calling thread its own torch pool of `threads` (each engine worker runs one).
+
+    torch sizes a thread's pool from the process-wide count when the thread first uses it, which would undo
+    a count set before that; so the pool is touched first, then sized."""
+    torch.get_num_threads()
+    torch.set_num_threads(threads)

@@ -1,14 +1,18 @@
-"""The engine: token-budget batches, order, optional batch wait, and a worker that survives failures."""
+"""The engine: token-budget batches, order, optional batch wait, workers that compute batches at once, and a worker
+that survives failures."""
 
+import threading
 import time
 from collections import deque
 
 import pytest
+import torch
 
 from service.engine import Engine
 from service.engine.batching import take_batch
 from service.metrics import Metrics
 from service.prm.scorer import PackedScorer
+from service.threads import size_this_threads_pool
 
 TOLERANCE = 1e-5
 
@@ -31,6 +35,47 @@ def test_engine_batches_under_the_token_budget_and_keeps_order(prm, encoded):
     assert sample(metrics.batch_sequences, "_sum") == len(encoded)
     assert 1 < sample(metrics.batch_sequences, "_count") < len(encoded)  # several per batch, several batches
     assert sample(metrics.batch_tokens, "_sum") == sum(len(item) for item in encoded)
+
+
+class Overlap:
+    """The real scorer, recording how many batches are inside it at once and each worker's torch thread count."""
+
+    def __init__(self, scorer):
+        self.scorer, self.inside, self.most, self.threads = scorer, 0, 0, set()
+        self.lock = threading.Lock()
+
+    def launch(self, items):
+        with self.lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+            self.threads.add((threading.current_thread().name, torch.get_num_threads()))
+        try:
+            time.sleep(0.05)  # long enough for the other worker to take the next batch meanwhile
+            return self.scorer.launch(items)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_compute_batches_at_once_each_with_its_own_threads(prm, encoded, workers):
+    """One request of many batches wakes every worker; each sets its own thread count; scores are unchanged."""
+    scorer = Overlap(PackedScorer(prm))
+    shares = {0: 1, 1: 2}
+    engine = Engine(
+        scorer, Metrics(), max_batch_tokens=max(len(item) for item in encoded), workers=workers,
+        on_worker_start=lambda number: size_this_threads_pool(shares[number]),
+    )  # fmt: skip
+    engine.start()
+    try:
+        results = engine.submit(encoded).result(timeout=60)
+    finally:
+        engine.stop()
+    expected = PackedScorer(prm).score(encoded).scores
+    for got, want in zip(results, expected, strict=True):
+        assert got == pytest.approx(want, abs=TOLERANCE)
+    assert scorer.most == workers
+    assert scorer.threads == {(f"prm-engine-{number}", shares[number]) for number in range(workers)}
 
 
 def test_take_batch_fills_the_budget_in_arrival_order():

@@ -57,8 +57,9 @@ class DiesOnFirstBatch:
 
 @pytest.fixture
 def live(checkpoint):
-    """`create_app` served by uvicorn on loopback in this process, so a test can wrap its backend."""
-    app = create_app(ServeConfig(model=str(checkpoint)))
+    """`create_app` served by uvicorn on loopback in this process, so a test can wrap its backend. One engine
+    worker: while it is inside a slow batch, later work waits in the queue."""
+    app = create_app(ServeConfig(model=str(checkpoint), engine_workers=1))
     with serve_in_thread(app) as url:
         deadline = time.monotonic() + 60
         while not app.state.runtime.ready and time.monotonic() < deadline:

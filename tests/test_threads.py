@@ -8,6 +8,7 @@ import sys
 import httpx
 
 from service.cgroups import cpu_quota, memory_headroom
+from service.config import engine_workers, thread_shares
 from service.threads import ThreadBudget, thread_budget
 from tests.helpers import Server
 
@@ -58,6 +59,13 @@ def test_no_quota_means_the_affinity_mask_and_an_override_wins(tmp_path):
     assert thread_budget(3, root, self_cgroup) == ThreadBudget(3, "--threads")
 
 
+def test_engine_workers_default_to_two_pools_on_a_cpu_and_never_outnumber_its_threads():
+    assert [engine_workers(None, "cpu", threads) for threads in (1, 2, 3, 16)] == [1, 2, 2, 2]
+    assert (engine_workers(4, "cpu", 2), engine_workers(3, "cpu", 8)) == (2, 3)
+    assert (engine_workers(None, "cuda", 16), engine_workers(2, "cuda", 16), engine_workers(4, "vllm", 16)) == (1, 2, 1)
+    assert (thread_shares(2, 2), thread_shares(5, 2), thread_shares(16, 3)) == ([1, 1], [3, 2], [6, 5, 5])
+
+
 def test_memory_headroom_is_the_tightest_limit_minus_usage_on_the_way_to_the_root(tmp_path):
     """What the prefix cache checks its size against on CPU: a slice's limit above the process's cgroup counts."""
     root, self_cgroup = fake_cgroup(
@@ -93,10 +101,12 @@ def test_prm_serve_under_taskset_uses_one_thread_and_says_so(checkpoint):
     overridden = Server("--model", str(checkpoint), prm=pinned, env={"PRM_THREADS": "2"}).wait_ready(timeout=120)
     try:
         card = httpx.get(f"{server.url}/v1/models").json()["data"][0]
-        assert (card["threads"], card["threads_from"]) == (1, "CPU affinity (1 core)")
+        assert (card["threads"], card["threads_from"], card["engine_workers"]) == (1, "CPU affinity (1 core)", 1)
         assert "threads: 1, from CPU affinity (1 core)" in server.output()
+        assert "engine: 1 worker(s), threads 1" in server.output()
         card = httpx.get(f"{overridden.url}/v1/models").json()["data"][0]
-        assert (card["threads"], card["threads_from"]) == (2, "--threads")
+        assert (card["threads"], card["threads_from"], card["engine_workers"]) == (2, "--threads", 2)
+        assert "engine: 2 worker(s), threads 1+1" in overridden.output()
     finally:
         server.stop()
         overridden.stop()

@@ -127,6 +127,7 @@ class ModelCard(BaseModel):
     prefix_cache_mb: float = Field(description="Size of the prefix cache across requests (0: off).")
     threads: int = Field(description="CPU threads the forward runs on (--threads, or what the process may use).")
     threads_from: str = Field(description="Where the thread count comes from: --threads, CPU affinity or cgroup quota.")
+    engine_workers: int = Field(description="Batches computed at once, each with its share of the threads.")
 
 
 class ModelList(BaseModel):

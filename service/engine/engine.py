@@ -1,8 +1,10 @@
-"""The engine: callers submit encoded sequences, one worker thread batches and scores them.
+"""The engine: callers submit encoded sequences, worker threads batch and score them.
 
-The worker is the only thread that touches the model, so the device is never shared
-and the event loop never blocks on a forward pass. Results come back through
-`concurrent.futures.Future`, which asyncio code awaits with `asyncio.wrap_future`.
+Only the workers touch the model, so the event loop never blocks on a forward pass. Results come back
+through `concurrent.futures.Future`, which asyncio code awaits with `asyncio.wrap_future`. Each worker
+takes the next batch from one shared queue: one worker on a GPU; on a CPU several can compute batches at
+once, each with its own share of the threads (`on_worker_start` sizes them), so that a thread preempted by
+the HTTP work or a neighbour stalls only its own pool, not every parallel region of one pool of all threads.
 """
 
 import logging
@@ -64,11 +66,14 @@ class Engine:
         max_wait_ms: float = 0.0,
         max_queue_tokens: int = 0,
         on_worker_death: Callable[[BaseException], None] | None = None,
+        workers: int = 1,
+        on_worker_start: Callable[[int], None] | None = None,
     ):
         """`max_wait_ms` > 0 holds a partial batch that long for more work; `max_queue_tokens` 0 = unbounded.
 
-        `on_worker_death` is called if the worker thread ever dies (a bug), so the process can stop
-        reporting ready and exit rather than hang with a dead worker.
+        `on_worker_death` is called if a worker thread ever dies (a bug), so the process can stop
+        reporting ready and exit rather than hang with a dead worker. `on_worker_start(n)` runs first in
+        worker n's thread (where thread-local settings such as torch's thread count take effect).
         """
         self.scorer = scorer
         self.metrics = metrics
@@ -76,16 +81,22 @@ class Engine:
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue_tokens = max_queue_tokens
         self._queue: deque[_Work] = deque()
-        self._taken: list[_Work] = []  # out of the queue, not yet answered: failed too if the worker dies
+        self._taken: dict[int, list[_Work]] = {}  # per worker, out of the queue, not yet answered: failed too
+        # if a worker dies
         self._queued_tokens = 0
         self._condition = threading.Condition()
         self._stopping = False
         self.on_worker_death = on_worker_death
+        self.on_worker_start = on_worker_start
         self.worker_error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="prm-engine", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, args=(number,), name=f"prm-engine-{number}", daemon=True)
+            for number in range(workers)
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     @property
     def alive(self) -> bool:
@@ -117,35 +128,40 @@ class Engine:
         return job.future
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish queued work, then end the worker thread."""
+        """Finish queued work, then end the worker threads (`timeout`: for all of them together)."""
         with self._condition:
             self._stopping = True
-            self._condition.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._condition.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    def _run(self) -> None:
+    def _run(self, number: int) -> None:
         try:
-            self._loop()
+            if self.on_worker_start:
+                self.on_worker_start(number)
+            self._loop(number)
         except BaseException as error:  # a bug: never let the worker vanish silently
-            log.critical("the engine worker died", exc_info=error)
+            log.critical("engine worker %d died", number, exc_info=error)
             died = EngineStopped(f"the engine worker died: {error!r}")
             with self._condition:
                 self.worker_error = error
-                for work in [*self._queue, *self._taken]:
+                for work in [*self._queue, *(work for taken in self._taken.values() for work in taken)]:
                     _settle(work.job.future, error=died)
                 self._queue.clear()
+                self._condition.notify_all()  # the other workers stop too
             if self.on_worker_death:
                 self.on_worker_death(error)
 
-    def _loop(self) -> None:
+    def _loop(self, number: int) -> None:
         """Launch the next batch before collecting the one in flight, so the device never waits for the host."""
         in_flight = None
         while True:
             batch = self._next_batch(wait=in_flight is None)
             if batch is None and in_flight is None:
                 return
-            self._taken = [*(batch or []), *(in_flight[0] if in_flight else [])]
+            self._taken[number] = [*(batch or []), *(in_flight[0] if in_flight else [])]
             launched = self._launch(batch) if batch else None
             if in_flight is not None:
                 self._finish(*in_flight)
@@ -155,7 +171,9 @@ class Engine:
         """The next batch; None when the engine stops, or at once when `wait` is off and nothing is queued."""
         with self._condition:
             if wait:
-                self._condition.wait_for(lambda: self._queue or self._stopping)
+                self._condition.wait_for(lambda: self._queue or self._stopping or self.worker_error is not None)
+            if self.worker_error is not None:
+                return None
             self._drop_abandoned()
             if not self._queue:
                 return None
@@ -168,6 +186,8 @@ class Engine:
             batch = take_batch(self._queue, self.max_batch_tokens)
             self._queued_tokens -= sum(len(work) for work in batch)
             self._publish_queue()
+            if self._queue:  # more than one batch was queued: a waiting worker takes the next
+                self._condition.notify()
             return batch
 
     def _drop_abandoned(self) -> None:

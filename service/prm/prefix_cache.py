@@ -12,16 +12,19 @@ the closing tokens of the chat template, and a group of responses shares its pro
 Keys are exact token-id prefixes: a digest of the ids up to each boundary indexes the entry, and a hit
 compares the ids themselves. Entries are evicted least recently used first, by bytes; an entry that a
 batch in flight reads is pinned and never evicted under it. One cache belongs to one loaded model (its
-PackedScorer), so a reload or a `--watch` swap never serves another model's keys and values. Only the
-engine's worker thread uses it.
+PackedScorer), so a reload or a `--watch` swap never serves another model's keys and values. The
+engine's workers share it: every method holds its lock, and a scorer holds `lock` too from its lookups to
+pinning what they found, so that no other worker's insert evicts an entry in between.
 """
 
 import hashlib
 import mmap
 import os
+import threading
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import wraps
 from pathlib import Path
 
 import torch
@@ -94,6 +97,15 @@ class Hit:
     length: int  # tokens of the conversation that the entry holds: reused, not computed
 
 
+def _locked(method):
+    @wraps(method)
+    def holding_the_lock(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return holding_the_lock
+
+
 class PrefixCache:
     def __init__(self, capacity_bytes: int, boundary_ids: frozenset[int], min_length: int, metrics=None):
         """`boundary_ids`: the special tokens after which a prefix may end; `min_length`: shorter prefixes
@@ -106,12 +118,14 @@ class PrefixCache:
         self.bytes = 0
         self._entries: OrderedDict[int, CachedPrefix] = OrderedDict()  # by id(), least recently used first
         self._index: dict[bytes, CachedPrefix] = {}
+        self.lock = threading.RLock()
         self._publish()
 
     @property
     def entries(self) -> int:
         return len(self._entries)
 
+    @_locked
     def lookup(self, tokens: list[int]) -> Hit | None:
         """The longest kept prefix of `tokens` that ends at one of its boundaries (at least one token is left
         to compute); the entry counts as just used."""
@@ -132,6 +146,7 @@ class PrefixCache:
         length = separator_positions[-1] + 1 if separator_positions else 0
         return length if length >= self.min_length and length < len(item_tokens) else 0
 
+    @_locked
     def insert(self, tokens: list[int], kept: KeptBuffers, scores: dict) -> None:
         """Keep `tokens` (ending at a boundary) with their keys and values (which may run on past them); entries
         it contains whole are dropped, and the least recently used ones go until the cache is within its
@@ -157,10 +172,12 @@ class PrefixCache:
                 self._remove(victim, evicted=True)
         self._publish()
 
+    @_locked
     def pin(self, hits: list[Hit]) -> None:
         for hit in hits:
             hit.entry.pins += 1
 
+    @_locked
     def unpin(self, hits: list[Hit]) -> None:
         for hit in hits:
             hit.entry.pins -= 1
@@ -168,6 +185,7 @@ class PrefixCache:
                 self._remove(hit.entry, evicted=False)
         self._publish()
 
+    @_locked
     def clear(self) -> None:
         """Let go of every entry that no batch in flight reads (the device ran out of memory)."""
         for entry in list(self._entries.values()):

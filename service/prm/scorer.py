@@ -48,11 +48,12 @@ class PackedScorer:
     def launch(self, items: list[EncodedItem]) -> Pending:
         cache, hits, keep, lengths, used = self.cache, None, None, [], []
         if cache is not None:
-            hits = [cache.lookup(item.input_ids) for item in items]
+            with cache.lock:  # another engine worker's insert must not evict a hit before it is pinned
+                hits = [cache.lookup(item.input_ids) for item in items]
+                used = [hit for hit in hits if hit is not None]
+                cache.pin(used)  # never evicted while this batch reads them
             lengths = [_worth_keeping(cache, item, hit) for item, hit in zip(items, hits, strict=True)]
             keep = [length > 0 for length in lengths]
-            used = [hit for hit in hits if hit is not None]
-            cache.pin(used)  # never evicted while this batch reads them
         try:
             batch = pack(items, self.min_shared_prefix, hits, keep).to(self.prm.device)
             for index in (index for index, kept in enumerate(keep or []) if kept):
