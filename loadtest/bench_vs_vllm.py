@@ -188,7 +188,7 @@ def report(results: dict, args) -> None:
         ratio = statistics.median(o["rps"] / t["rps"] for o, t in zip(ours, theirs, strict=True))
         rps = statistics.median(t["rps"] for t in theirs), statistics.median(o["rps"] for o in ours)
         p50 = statistics.median(t["p50_ms"] for t in theirs), statistics.median(o["p50_ms"] for o in ours)
-        row = f"{workload:9s} {connections:5d} {rps[0]:11.1f} {rps[1]:10.1f} {ratio:6.2f}x"
+        row = f"{workload:9s} {connections:5d} {rps[0]:11.2f} {rps[1]:10.2f} {ratio:6.2f}x"
         print(f"{row} {p50[0]:7.0f}ms {p50[1]:6.0f}ms")
 
 
