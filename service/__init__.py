@@ -4,7 +4,7 @@ The rooms, and the one rule each follows (imports only run down this list, never
 
 - `api/`: HTTP only: bodies, routes, middleware, auth, error bodies; no tensors, engines or files.
 - `runtime.py`: what is served now: loading, hot swaps, admission; routes reach the model only through it.
-- `engine/`: the queue, token-budget batches and the one worker thread that alone touches the device.
+- `engine/`: the queue, token-budget batches and the worker threads that alone touch the device.
 - `upstream.py`: the vLLM backend, another `Scorer` behind the same engine.
 - `prm/`: what a PRM is (formatting, checkpoints, the served model, packing, attention, the scorer);
   shared by serving, training and evaluation, it knows nothing of HTTP, queues or training.

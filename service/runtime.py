@@ -95,7 +95,7 @@ class Runtime:
         return self.fatal_error or "the model is still loading"
 
     def start_loading(self) -> None:
-        """Size torch's thread pool first: the engine's worker thread takes it up when it starts."""
+        """Size torch's thread pool for loading; each engine worker then sizes its own share."""
         torch.set_num_threads(self.threads.threads)
         log.info("threads: %d, from %s", self.threads.threads, self.threads.reason)
         threading.Thread(target=self._first_load, name="prm-loader", daemon=True).start()

@@ -1,4 +1,4 @@
-"""Dynamic batching: a queue, a token-budget scheduler and one worker thread that owns the device."""
+"""Dynamic batching: a queue, a token-budget scheduler and the worker threads that own the device."""
 
 from service.engine.engine import DeadlineExceeded, Engine, EngineStopped, Overloaded
 

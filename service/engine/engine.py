@@ -81,8 +81,7 @@ class Engine:
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue_tokens = max_queue_tokens
         self._queue: deque[_Work] = deque()
-        self._taken: dict[int, list[_Work]] = {}  # per worker, out of the queue, not yet answered: failed too
-        # if a worker dies
+        self._taken: dict[int, list[_Work]] = {}  # by worker: out of the queue, not answered (failed if one dies)
         self._queued_tokens = 0
         self._condition = threading.Condition()
         self._stopping = False
