@@ -38,9 +38,9 @@ def batch_tokens(configured: int | None, device_type: str) -> int:
 def engine_workers(configured: int | None, device_type: str, threads: int) -> int:
     """The configured count (at most one a thread on CPU), else 2 on a CPU with 2 or more threads, else 1.
 
-    On CPU two pools of half the threads each beat one of all of them (loadtest/bench_engine.py
-    --workers): a thread that the HTTP work or a neighbour preempts stalls only its own pool's parallel
-    regions. A GPU runs one batch at a time anyway, and a vLLM upstream batches for itself."""
+    On CPU two pools of half the threads each beat one of all of them (loadtest/bench_workers.py): a thread
+    that the HTTP work or a neighbour preempts stalls only its own pool's parallel regions. A GPU runs one
+    batch at a time anyway, and a vLLM upstream batches for itself."""
     if device_type == "vllm":
         return 1
     if device_type != "cpu":

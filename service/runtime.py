@@ -51,7 +51,6 @@ class Serving:
     engine: Engine
     upstream: VLLMScorer | None = None  # with --vllm-url: the backend, whose health is the server's
     cache: PrefixCache | None = None  # the model's own prefix cache, if on
-    workers: int = 1  # engine workers, each computing its own batch
 
     def retire(self, timeout: float | None = None) -> None:
         """Finish what the engine has queued (within `timeout`), then let go of the upstream's connections."""
@@ -175,7 +174,7 @@ class Runtime:
         engine.start()
         engine.submit([prm.formatter.encode(WARMUP_ITEM)]).result()
         log.info("engine: %d worker(s), threads %s", workers, "+".join(map(str, shares)))
-        return Serving(prm, engine, upstream, cache, workers)
+        return Serving(prm, engine, upstream, cache)
 
     def _prefix_cache(self, prm: LoadedPRM, first_load: bool) -> PrefixCache | None:
         """A new, empty cache for a newly loaded model, so no other model's keys and values are ever served.
@@ -259,7 +258,7 @@ class Runtime:
             "prefix_cache_mb": serving.cache.capacity_bytes / 2**20 if serving.cache else 0,
             "threads": self.threads.threads,  # all engine workers' together
             "threads_from": self.threads.reason,
-            "engine_workers": serving.workers,
+            "engine_workers": serving.engine.workers,
         }
 
     async def score(self, encode: Encoder, timeout: float | None = None, inline: bool = False) -> Scored:

@@ -98,6 +98,10 @@ class Engine:
             thread.start()
 
     @property
+    def workers(self) -> int:
+        return len(self._threads)
+
+    @property
     def alive(self) -> bool:
         return self.worker_error is None
 
