@@ -107,12 +107,15 @@ def build_checkpoint(args, corpus: list[str]) -> Path:
     return path
 
 
-def max_difference(subset: list[dict]) -> float:
+def max_difference(subset: list[dict], ports: tuple[int, int] = (8101, 8102)) -> float:
+    """Largest |step score difference| between the `/score_steps` servers on `ports` over `subset`."""
     worst = 0.0
     with httpx.Client(timeout=60) as client:
         for item in subset:
-            ours = client.post("http://127.0.0.1:8101/score_steps", json=body(item)).json()["step_scores"]
-            theirs = client.post("http://127.0.0.1:8102/score_steps", json=body(item)).json()["step_scores"]
+            ours, theirs = (
+                client.post(f"http://127.0.0.1:{port}/score_steps", json=body(item)).json()["step_scores"]
+                for port in ports
+            )
             if len(ours) != len(theirs):
                 raise AssertionError(f"{item['id']}: {len(ours)} scores against {len(theirs)}")
             worst = max([worst, *(abs(a - b) for a, b in zip(ours, theirs, strict=True))])
@@ -171,6 +174,39 @@ def alternating_rounds(ports: dict[str, int], bodies: Path, item: dict, rounds: 
             print(f"round {round_number + 1} {name:20s} {result['rps']:.1f} req/s", flush=True)
             drain(ports[name], item)
     return rates
+
+
+def add_pair_arguments(parser: argparse.ArgumentParser, rounds: int) -> None:
+    """The options of a script that times two `prm serve` processes against each other (tiny shape by default)."""
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/processbench")
+    parser.add_argument("--subset", default="gsm8k")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per server and round")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=HERE / "out")
+
+
+def pair_inputs(args, name: str) -> tuple[list[dict], Path, Path]:
+    """The subset's items, the random-weight checkpoint, and a wrk body file of the items named `name`."""
+    items = json.loads((args.data / f"{args.subset}.json").read_text())
+    checkpoint = build_checkpoint(args, [text for item in items for text in texts(item)])
+    bodies = args.work / f"{name}-{args.subset}.jsonl"
+    bodies.write_text("".join(json.dumps(body(item)) + "\n" for item in items))
+    return items, checkpoint, bodies
+
+
+def report_pair(args, rates: dict[str, list[float]], numerator: str, denominator: str) -> None:
+    """Each server's median req/s and the median of per-round ratios numerator / denominator."""
+    ratio = statistics.median(a / b for a, b in zip(rates[numerator], rates[denominator], strict=True))
+    print(
+        f"\n{args.subset}, hidden {args.hidden_size}, {args.layers} layers, {args.connections} connections, "
+        f"medians of {args.rounds} rounds of {args.duration} s"
+    )
+    for name, values in rates.items():
+        print(f"{name:20s} {statistics.median(values):7.1f} req/s")
+    print(f"ratio {numerator} / {denominator}: {ratio:.2f}x")
 
 
 def report(results: dict, items: dict, args) -> None:

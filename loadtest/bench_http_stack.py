@@ -12,36 +12,22 @@ where the cost per request, not the forward, dominates.
 """
 
 import argparse
-import json
 import os
-import statistics
 import tempfile
 from pathlib import Path
 
-from bench_http import alternating_rounds, body, build_checkpoint, texts
-from common import ROOT, start_prm_serve, wait_ready
+from bench_http import add_pair_arguments, alternating_rounds, pair_inputs, report_pair
+from common import start_prm_serve, wait_ready
 
-HERE = Path(__file__).parent
 PORTS = {"uvloop + httptools": 8171, "asyncio + h11": 8172}
 HIDDEN = ("uvloop", "httptools")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/processbench")
-    parser.add_argument("--subset", default="gsm8k")
-    parser.add_argument("--duration", type=int, default=10, help="seconds per server and round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=HERE / "out")
+    add_pair_arguments(parser, rounds=3)
     args = parser.parse_args()
-
-    items = json.loads((args.data / f"{args.subset}.json").read_text())
-    checkpoint = build_checkpoint(args, [text for item in items for text in texts(item)])
-    bodies = args.work / f"stack-{args.subset}.jsonl"
-    bodies.write_text("".join(json.dumps(body(item)) + "\n" for item in items))
+    items, checkpoint, bodies = pair_inputs(args, "stack")
 
     with tempfile.TemporaryDirectory() as stubs:
         for module in HIDDEN:
@@ -59,15 +45,7 @@ def main() -> None:
             for process in servers.values():
                 process.terminate()
                 process.wait()
-    fast, slow = rates.values()
-    ratio = statistics.median(a / b for a, b in zip(fast, slow, strict=True))
-    print(
-        f"\n{args.subset}, hidden {args.hidden_size}, {args.layers} layers, {args.connections} connections, "
-        f"medians of {args.rounds} rounds of {args.duration} s"
-    )
-    for name, values in rates.items():
-        print(f"{name:20s} {statistics.median(values):7.1f} req/s")
-    print(f"ratio {ratio:.2f}x")
+    report_pair(args, rates, *PORTS)
 
 
 if __name__ == "__main__":

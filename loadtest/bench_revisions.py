@@ -12,18 +12,13 @@ Prints requests/s of each and the ratio B/A (median of per-round ratios). The de
 """
 
 import argparse
-import json
-import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import httpx
-from bench_http import alternating_rounds, body, build_checkpoint, texts
-from common import ROOT, wait_ready
+from bench_http import add_pair_arguments, alternating_rounds, max_difference, pair_inputs, report_pair
+from common import ROOT, start_prm_serve, wait_ready
 
-HERE = Path(__file__).parent
 WORKTREE = "WORKTREE"
 
 
@@ -31,20 +26,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", help="the baseline: a git revision, or WORKTREE")
     parser.add_argument("b", help="the candidate: a git revision, or WORKTREE")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/processbench")
-    parser.add_argument("--subset", default="gsm8k")
-    parser.add_argument("--duration", type=int, default=10, help="seconds per server and round")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=HERE / "out")
+    add_pair_arguments(parser, rounds=6)
     args = parser.parse_args()
-
-    items = json.loads((args.data / f"{args.subset}.json").read_text())
-    checkpoint = build_checkpoint(args, [text for item in items for text in texts(item)])
-    bodies = args.work / f"revisions-{args.subset}.jsonl"
-    bodies.write_text("".join(json.dumps(body(item)) + "\n" for item in items))
+    items, checkpoint, bodies = pair_inputs(args, "revisions")
     ports = {f"A {args.a}": 8191, f"B {args.b}": 8192}
 
     with tempfile.TemporaryDirectory() as exports:
@@ -52,30 +36,17 @@ def main() -> None:
         try:
             for (name, port), revision in zip(ports.items(), (args.a, args.b), strict=True):
                 tree = export(revision, Path(exports) / str(port))
-                servers[name] = subprocess.Popen(
-                    [sys.executable, "-m", "service", "serve", "--model", str(checkpoint), "--port", str(port)]
-                    + ["--log-level", "warning", "--prefix-cache-mb", "0"],
-                    cwd=tree,  # `python -m` puts the folder first on the path: its `service` is the one imported
-                )
+                servers[name] = start_prm_serve(checkpoint, port, "--prefix-cache-mb", "0", cwd=tree)
             for name, process in servers.items():
                 wait_ready(ports[name], process)
-            print(
-                f"max |score difference| B vs A over 50 items: {max_difference(list(ports.values()), items[:50]):.1e}"
-            )
+            worst = max_difference(items[:50], tuple(ports.values()))
+            print(f"max |score difference| B vs A over 50 items: {worst:.1e}")
             rates = alternating_rounds(ports, bodies, items[0], args.rounds, args.duration, args.connections)
         finally:
             for process in servers.values():
                 process.terminate()
                 process.wait()
-    before, after = rates.values()
-    ratio = statistics.median(b / a for a, b in zip(before, after, strict=True))
-    print(
-        f"\n{args.subset}, hidden {args.hidden_size}, {args.layers} layers, {args.connections} connections, "
-        f"medians of {args.rounds} rounds of {args.duration} s"
-    )
-    for name, values in rates.items():
-        print(f"{name:20s} {statistics.median(values):7.1f} req/s")
-    print(f"ratio B/A {ratio:.2f}x")
+    report_pair(args, rates, *reversed(ports))
 
 
 def export(revision: str, folder: Path) -> Path:
@@ -97,15 +68,6 @@ def export(revision: str, folder: Path) -> Path:
         archive = subprocess.run(["git", "archive", revision, "service"], cwd=ROOT, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
     return folder
-
-
-def max_difference(ports: list[int], items: list[dict]) -> float:
-    worst = 0.0
-    with httpx.Client(timeout=60) as client:
-        for item in items:
-            a, b = (client.post(f"http://127.0.0.1:{port}/score_steps", json=body(item)).json() for port in ports)
-            worst = max([worst, *(abs(x - y) for x, y in zip(a["step_scores"], b["step_scores"], strict=True))])
-    return worst
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ def median_seconds(run, repeats: int = 3) -> float:
 
 
 def start_prm_serve(checkpoint: Path, port: int, *flags: str, **popen) -> subprocess.Popen:
-    """`popen`: more Popen arguments (an environment, a preexec_fn)."""
+    """`popen`: more Popen arguments (an environment, a preexec_fn, a `cwd` other than the repository, whose
+    `service` package `python -m` then imports first)."""
     command = [sys.executable, "-m", "service", "serve", "--model", str(checkpoint), "--port", str(port)]
-    return subprocess.Popen([*command, "--log-level", "warning", *flags], cwd=ROOT, **popen)
+    return subprocess.Popen([*command, "--log-level", "warning", *flags], **{"cwd": ROOT, **popen})
 
 
 def wait_ready(port: int, process: subprocess.Popen, timeout: float = 900) -> None:
