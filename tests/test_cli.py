@@ -18,11 +18,19 @@ def test_serve_with_an_unloadable_model_exits_non_zero(tmp_path):
     assert f"could not load '{tmp_path}'" in result.stderr and "no config.json" in result.stderr
 
 
+def test_nonsense_thread_and_worker_counts_are_refused_naming_the_option():
+    for option, value in (("--engine-workers", "0"), ("--threads", "0"), ("--engine-workers", "two")):
+        result = run_prm("serve", option, value)
+        assert result.returncode == 2
+        assert f"Invalid value for '{option}'" in result.stderr
+
+
 def test_help_explains_every_option():
     result = run_prm("serve", "--help", env={"COLUMNS": "240"})
     assert result.returncode == 0
     options = ["--model", "--host", "--port", "--device", "--dtype", "--max-batch-tokens", "--max-wait-ms"]
     options += ["--max-queue-tokens", "--request-timeout", "--api-key", "--admin-key", "--drain-timeout"]
+    options += ["--threads", "--engine-workers"]
     for option in options:
         assert option in result.stdout
 
