@@ -134,3 +134,34 @@ def test_cuda_varlen_layout_matches_the_per_segment_path(prm, processbench_items
     expected = attention.packed_attention(0, query, key, value, 0.25, batch)
     got = attention._varlen(query, key, value, 0.25, batch)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("cuda_layout", [False, True])
+def test_the_separators_queries_alone_attend_as_in_the_whole_row(prm, processbench_items, monkeypatch, cuda_layout):
+    """The last layer's attention (queries at the separators only) is the whole row's at those rows: with
+    groups whose prefix holds separators several members share, singletons, and an item ending in one."""
+    import torch
+
+    from service.prm import attention
+
+    monkeypatch.setattr(attention, "_varlen_attn", reference_varlen_attn)
+    monkeypatch.setattr(attention, "_VARLEN_OPTIONS", {"enable_gqa": True})
+    monkeypatch.setattr(attention, "_VARLEN_GQA", True)
+    item = processbench_items[0]
+    partial = item["steps"][:3]
+    inputs = [ScoringInput(item["problem"], [*partial, step]) for step in ("x = 5", "so the total is 12")]
+    inputs += [ScoringInput(x["problem"], x["steps"]) for x in processbench_items[3:6]]
+    batch = pack([prm.formatter.encode(x) for x in inputs])
+    assert batch.kv_index is not None and len(set(batch.separator_index.tolist())) < len(batch.separator_index)
+    rows, heads, kv_heads, dim = batch.computed_tokens, 4, 2, 16
+    torch.manual_seed(0)
+    query = torch.randn(1, heads, rows, dim)
+    key, value = torch.randn(1, kv_heads, rows, dim), torch.randn(1, kv_heads, rows, dim)
+    whole = attention.packed_attention(0, query, key, value, 0.25, batch).index_select(1, batch.query_rows)
+    separators = query.index_select(2, batch.query_rows)
+    if cuda_layout:
+        got = attention._varlen(separators, key, value, 0.25, batch, separators_only=True)
+    else:
+        got = attention.packed_attention(0, separators, key, value, 0.25, batch, separators_only=True)
+    assert got.shape == whole.shape
+    assert torch.allclose(got, whole, atol=1e-6)

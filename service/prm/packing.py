@@ -4,9 +4,11 @@ Linear layers see one dense row (no padding FLOPs). Attention runs per segment
 (service.prm.attention): each sequence attends causally to its own tokens and, when it
 continues a prefix that other sequences in the batch share (the same problem and system
 prompt, a partial solution), to that prefix's keys and values, which are computed only
-once. Every sequence gets exactly the attention it would get alone.
+once. Every sequence gets exactly the attention it would get alone. Only the separators' rows
+leave the last layer (the head reads nothing else), so the batch says which rows those are.
 """
 
+from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -36,6 +38,12 @@ class PackedBatch:
     segments: list[Segment]
     separator_index: torch.Tensor  # rows of every item's computed separators, items in input order
     separator_counts: list[int]  # computed separators per item, in input order
+    # The last layer computes only the rows the head reads: `query_rows` (every separator once, ascending),
+    # `query_spans[segment]` (the segment's range of them) and `separator_query` (separator_index's rows
+    # as positions in query_rows).
+    query_rows: torch.Tensor
+    query_spans: list[tuple[int, int]]
+    separator_query: torch.Tensor
     requested_tokens: int  # what the items would cost unshared
     # For varlen kernels: queries are the row, segment by segment; keys/values are the rows
     # `kv_index` gathers (each segment's context, then itself), or the row itself if None.
@@ -64,7 +72,16 @@ class PackedBatch:
 
     def to(self, device: torch.device) -> "PackedBatch":
         """The tensors on `device`; copies from pinned memory do not block the host."""
-        names = ("input_ids", "position_ids", "separator_index", "cu_seqlens_q", "cu_seqlens_k", "kv_index")
+        names = (
+            "input_ids",
+            "position_ids",
+            "separator_index",
+            "query_rows",
+            "separator_query",
+            "cu_seqlens_q",
+            "cu_seqlens_k",
+            "kv_index",
+        )
         return replace(
             self,
             **{
@@ -138,12 +155,18 @@ def pack(
         [hit.entry.scores[p] for p in item.separator_positions if p < hit.length] if hit else []
         for item, hit in zip(items, hits, strict=True)
     ]
+    separator_index = [row for rows in separator_rows for row in rows]
+    query_rows = sorted(set(separator_index))  # members of a group share the separators in its prefix
+    query_of = {row: number for number, row in enumerate(query_rows)}
     return PackedBatch(
         input_ids=_tensor([ids], torch.long, pin),
         position_ids=_tensor([positions], torch.long, pin),
         segments=segments,
-        separator_index=_tensor([row for rows in separator_rows for row in rows], torch.long, pin),
+        separator_index=_tensor(separator_index, torch.long, pin),
         separator_counts=[len(rows) for rows in separator_rows],
+        query_rows=_tensor(query_rows, torch.long, pin),
+        query_spans=[(bisect_left(query_rows, s.start), bisect_left(query_rows, s.end)) for s in segments],
+        separator_query=_tensor([query_of[row] for row in separator_index], torch.long, pin),
         requested_tokens=sum(len(item) for item in items),
         cu_seqlens_q=_tensor(_cumulative(query_lengths), torch.int32, pin),
         cu_seqlens_k=_tensor(_cumulative(key_lengths), torch.int32, pin),
