@@ -3,8 +3,9 @@
 In one run, interleaved rounds over the same batches (ProcessBench items packed at the CPU budget):
   transformers   transformers' Qwen2 modules with the packed attention, the forward before
                  service.prm.forward (seven matmuls a layer, MKL's GEMM on CPU)
-  fused+mkl      service.prm.forward with torch's default matmul (F.linear: MKL on CPU)
-  fused          service.prm.forward as it serves (oneDNN's matmul on CPU)
+  fused+mkl      service.prm.forward with torch's default matmuls (F.linear: MKL on CPU)
+  fused          service.prm.forward as it serves (oneDNN's matmuls on CPU, residual adds and the MLP's
+                 gate fused into them)
 
 Scores are checked against the first way before timing. Prints tokens/s (median over rounds) and each
 way's ratio to `transformers` (median of per-round ratios).
@@ -23,12 +24,12 @@ from collections import deque
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from common import ROOT
 from transformers import AttentionInterface
 
 from service.config import batch_tokens
 from service.engine.batching import take_batch
+from service.prm import forward
 from service.prm.attention import packed_attention
 from service.prm.formatting import ScoringInput
 from service.prm.loading import load_prm
@@ -57,7 +58,7 @@ def main() -> None:
     tokens = sum(batch.computed_tokens for batch in batches)
 
     with_mkl = copy.copy(prm.forward)
-    with_mkl.linear = F.linear
+    with_mkl.matmuls = forward.TORCH
     ways = {"transformers": transformers_forward(prm.model), "fused+mkl": with_mkl, "fused": prm.forward}
     reference = [ways["transformers"](batch) for batch in batches]
     print(f"{len(batches)} batches, {tokens} tokens, {prm.device} {prm.dtype}, torch threads {torch.get_num_threads()}")

@@ -8,7 +8,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from service.prm import forward
 from service.prm.loading import load_prm
@@ -51,7 +50,8 @@ def test_the_model_card_forward_over_the_fused_weights_gives_the_served_scores(p
 
 
 def test_cpu_float32_matmuls_go_to_onednn_and_agree_with_torch_default(prm, batch):
-    assert prm.forward.linear is forward._onednn_linear
+    """oneDNN's GEMMs with the residual add and the MLP's gate fused in, against torch's F.linear."""
+    assert prm.forward.matmuls is forward.ONEDNN
     with_default = copy.copy(prm.forward)
-    with_default.linear = F.linear
+    with_default.matmuls = forward.TORCH
     assert torch.allclose(prm.forward(batch), with_default(batch), atol=TOLERANCE)

@@ -14,6 +14,9 @@ is torch's: its fused RMSNorm and service.prm.attention. The rotary cosines and 
 own rotary module's, computed once for every position it can see and then looked up per token.
 """
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,7 +35,7 @@ class PackedForward:
         self.backbone, self.head = model.model, model.score
         self.cos, self.sin = _rotary_tables(self.backbone, config.max_position_embeddings)
         self.layers = [_FusedLayer(layer) for layer in self.backbone.layers]
-        self.linear = _onednn_linear if _use_onednn(model) else F.linear
+        self.matmuls = ONEDNN if _use_onednn(model) else TORCH
 
     @torch.inference_mode()
     def __call__(self, batch: PackedBatch) -> torch.Tensor:
@@ -48,32 +51,32 @@ class PackedForward:
 
     def _layer(self, number: int, layer: "_FusedLayer", x, cos, sin, batch: PackedBatch) -> torch.Tensor:
         rows = batch.computed_tokens
-        qkv = self.linear(_rms_norm(x, layer.attention_norm), layer.qkv_weight, layer.qkv_bias)
+        qkv = self.matmuls.linear(_rms_norm(x, layer.attention_norm), layer.qkv_weight, layer.qkv_bias)
         qkv = qkv.view(rows, self.heads + 2 * self.kv_heads, self.head_dim)
         rotated = _rotate(qkv[:, : self.heads + self.kv_heads], cos, sin)  # queries and keys at once
         query, key = rotated[:, : self.heads], rotated[:, self.heads :]
         value = qkv[:, self.heads + self.kv_heads :]
         heads = (t.transpose(0, 1)[None] for t in (query, key, value))  # (1, heads, rows, head_dim)
         attended = packed_attention(number, *heads, layer.scaling, batch).reshape(rows, -1)
-        return self._mlp(layer, x + self.linear(attended, layer.o_weight, None))
+        return self._mlp(layer, self.matmuls.linear_add(attended, layer.o_weight, x))
 
     def _last_layer(self, number: int, layer: "_FusedLayer", x, cos, sin, batch: PackedBatch) -> torch.Tensor:
         """The layer at the separators' rows only: every row's keys and values, but queries, attention
         output and MLP where the head reads them. On the test bed's 4-layer shape, a fifth of the FLOPs."""
         rows, selected = batch.computed_tokens, batch.query_rows
         normed = _rms_norm(x, layer.attention_norm)
-        kv = self.linear(normed, layer.kv_weight, layer.kv_bias).view(rows, 2 * self.kv_heads, self.head_dim)
+        kv = self.matmuls.linear(normed, layer.kv_weight, layer.kv_bias).view(rows, 2 * self.kv_heads, self.head_dim)
         key, value = _rotate(kv[:, : self.kv_heads], cos, sin), kv[:, self.kv_heads :]
-        query = self.linear(normed.index_select(0, selected), layer.q_weight, layer.q_bias)
+        query = self.matmuls.linear(normed.index_select(0, selected), layer.q_weight, layer.q_bias)
         query = _rotate(query.view(-1, self.heads, self.head_dim), cos[selected], sin[selected])
         heads = (t.transpose(0, 1)[None] for t in (query, key, value))
         attended = packed_attention(number, *heads, layer.scaling, batch, separators_only=True)
         attended = attended.reshape(selected.shape[0], self.heads * self.head_dim)
-        return self._mlp(layer, x.index_select(0, selected) + self.linear(attended, layer.o_weight, None))
+        return self._mlp(layer, self.matmuls.linear_add(attended, layer.o_weight, x.index_select(0, selected)))
 
     def _mlp(self, layer: "_FusedLayer", x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.linear(_rms_norm(x, layer.mlp_norm), layer.gate_up_weight, None).chunk(2, dim=-1)
-        return x + self.linear(F.silu(gate) * up, layer.down_weight, None)
+        gated = self.matmuls.gated(_rms_norm(x, layer.mlp_norm), layer)
+        return self.matmuls.linear_add(gated, layer.down_weight, x)
 
 
 class _FusedLayer:
@@ -86,6 +89,7 @@ class _FusedLayer:
         self.qkv_weight = _fuse(attention.q_proj, attention.k_proj, attention.v_proj, name="weight")
         self.qkv_bias = _fuse(attention.q_proj, attention.k_proj, attention.v_proj, name="bias")
         self.gate_up_weight = _fuse(mlp.gate_proj, mlp.up_proj, name="weight")
+        self.gate_weight, self.up_weight = self.gate_up_weight.chunk(2)  # views, for oneDNN's fused MLP
         queries = attention.q_proj.weight.shape[0]  # the last layer's queries and keys/values apart: views
         self.q_weight, self.kv_weight = self.qkv_weight[:queries], self.qkv_weight[queries:]
         self.q_bias, self.kv_bias = (
@@ -132,6 +136,41 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> tor
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
+@dataclass(frozen=True)
+class Matmuls:
+    """The forward's matmuls: `linear`, `linear_add` (plus a residual) and `gated` (the MLP's silu(x W_gate)
+    * (x W_up)). oneDNN fuses the residual add and the gate into its GEMMs as post-ops."""
+
+    linear: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+    linear_add: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    gated: Callable[[torch.Tensor, _FusedLayer], torch.Tensor]
+
+
+def _torch_gated(x: torch.Tensor, layer: _FusedLayer) -> torch.Tensor:
+    gate, up = F.linear(x, layer.gate_up_weight).chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+TORCH = Matmuls(
+    linear=F.linear,
+    linear_add=lambda x, weight, residual: residual + F.linear(x, weight),
+    gated=_torch_gated,
+)
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, post_op: str = "none") -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], "")
+
+
+ONEDNN = Matmuls(
+    linear=_onednn,
+    linear_add=lambda x, weight, residual: torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, None, "add"),
+    gated=lambda x, layer: torch.ops.mkldnn._linear_pointwise.binary(
+        x, _onednn(x, layer.gate_weight, None, "swish"), layer.up_weight, None, "mul"
+    ),
+)
+
+
 def _use_onednn(model: nn.Module) -> bool:
     parameter = next(model.parameters())
     return (
@@ -139,8 +178,5 @@ def _use_onednn(model: nn.Module) -> bool:
         and parameter.dtype in (torch.float32, torch.bfloat16)
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and hasattr(torch.ops.mkldnn._linear_pointwise, "binary")
     )
-
-
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
