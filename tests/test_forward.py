@@ -55,3 +55,13 @@ def test_cpu_float32_matmuls_go_to_onednn_and_agree_with_torch_default(prm, batc
     with_default = copy.copy(prm.forward)
     with_default.matmuls = forward.TORCH
     assert torch.allclose(prm.forward(batch), with_default(batch), atol=TOLERANCE)
+
+
+def test_onednn_row_buckets_are_few_and_pad_little():
+    """oneDNN keeps a kernel per row count it meets: the buckets bound how many, padding fewer than 16 rows or
+    an eighth."""
+    bucket = forward.ONEDNN.bucket
+    counts = range(1, 8193)
+    assert all(n <= bucket(n) < n + max(16, n / 8) for n in counts)
+    assert len({bucket(n) for n in counts}) <= 60
+    assert forward.TORCH.bucket is None

@@ -1,6 +1,7 @@
 """Packed rows and shared prefixes: layout, and scores identical to scoring each item alone."""
 
 import pytest
+import torch
 
 from service.prm.formatting import ScoringInput
 from service.prm.packing import Segment, pack
@@ -165,3 +166,16 @@ def test_the_separators_queries_alone_attend_as_in_the_whole_row(prm, processben
         got = attention.packed_attention(0, separators, key, value, 0.25, batch, separators_only=True)
     assert got.shape == whole.shape
     assert torch.allclose(got, whole, atol=1e-6)
+
+
+def test_a_bucketed_row_pads_with_a_segment_of_its_own_and_scores_the_same(prm, processbench_items):
+    """Padding to the matmuls' row buckets (service.prm.forward) changes no score and counts no token."""
+    problem = processbench_items[7]["problem"]
+    items = [prm.formatter.encode(ScoringInput(problem, item["steps"])) for item in processbench_items[:3]]
+    items.append(prm.formatter.encode(ScoringInput(processbench_items[8]["problem"], ["a"])))
+    plain = pack(items)
+    padded = pack(items, bucket=lambda n: n + 37)
+    assert padded.rows == plain.rows + 37 and padded.computed_tokens == plain.computed_tokens
+    assert padded.segments[-1] == Segment(plain.rows, plain.rows + 37)
+    assert len(padded.query_rows) == len(plain.query_rows) + 37
+    assert torch.allclose(prm.forward(padded), prm.forward(plain), atol=1e-6)

@@ -110,7 +110,7 @@ def _varlen(query, key, value, scaling: float, packed: PackedBatch, separators_o
     so a continuation sees its whole prefix. The kernel takes whole segments of queries, so with
     `separators_only` the other rows' queries are zeros, computed and dropped."""
     if separators_only:
-        rows = (*query.shape[:2], packed.computed_tokens, query.shape[3])
+        rows = (*query.shape[:2], packed.rows, query.shape[3])
         every = query.new_zeros(rows).index_copy_(2, packed.query_rows, query)
         return _varlen(every, key, value, scaling, packed).index_select(1, packed.query_rows)
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (rows, heads, d), dense

@@ -9,6 +9,7 @@ leave the last layer (the head reads nothing else), so the batch says which rows
 """
 
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -16,6 +17,8 @@ import torch
 from service.config import MIN_SHARED_PREFIX
 from service.prm.formatting import EncodedItem
 from service.prm.prefix_cache import Hit, KeptBuffers
+
+PADDING_TOKEN = 0  # any id in the vocabulary: padding rows attend only to themselves and nothing reads them
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,15 @@ class PackedBatch:
     # `kept[item]` (made by the scorer); None when nothing is kept. `masks`: per-segment masks it reuses.
     kept: dict[int, KeptBuffers] | None = None
     masks: dict[int, torch.Tensor] = field(default_factory=dict)
+    padding: int = 0  # rows past the items' (a segment of their own, never read), see pack's `bucket`
+
+    @property
+    def rows(self) -> int:
+        return self.input_ids.shape[1]
 
     @property
     def computed_tokens(self) -> int:
-        return self.input_ids.shape[1]
+        return self.rows - self.padding
 
     @property
     def cached_tokens(self) -> int:
@@ -97,11 +105,15 @@ def pack(
     min_shared_prefix: int = MIN_SHARED_PREFIX,
     hits: list[Hit | None] | None = None,
     keep: list[bool] | None = None,
+    bucket: Callable[[int], int] | None = None,
 ) -> PackedBatch:
     """Lay items out in one row, each shared prefix once (0 disables sharing).
 
     `hits[i]`: a kept prefix that item i continues, so only its tokens after it are laid out; `keep[i]`:
     whether the cache keeps item i (attention writes its whole keys and values into `kept[i]`).
+    `bucket(n)`: how many rows to run instead of n, for matmuls that compile a kernel per row count
+    (service.prm.forward): the row is padded with a segment of its own, and the last layer's queries
+    by repeating the last one.
     """
     hits = hits or [None] * len(items)
     keep = keep or [False] * len(items)
@@ -142,6 +154,9 @@ def pack(
                 prefix_start + p if p < prefix_length else start + p - prefix_length for p in item.separator_positions
             ]
 
+    padding = bucket(len(ids)) - len(ids) if bucket else 0
+    if padding:
+        append([PADDING_TOKEN] * padding, 0)
     # Kept prefixes lie past the row: hit `number` at rows [extension[number], + its length).
     extension = _cumulative([hit.length for _, hit in used], start=len(ids))
     segments = [s if isinstance(s, Segment) else _continuing(*s, extension, used, keep) for s in segments]
@@ -157,6 +172,8 @@ def pack(
     ]
     separator_index = [row for rows in separator_rows for row in rows]
     query_rows = sorted(set(separator_index))  # members of a group share the separators in its prefix
+    if bucket and query_rows:
+        query_rows += query_rows[-1:] * (bucket(len(query_rows)) - len(query_rows))
     query_of = {row: number for number, row in enumerate(query_rows)}
     return PackedBatch(
         input_ids=_tensor([ids], torch.long, pin),
@@ -176,6 +193,7 @@ def pack(
         hits=[hit for _, hit in used],
         cached_scores=cached_scores,
         kept={} if any(keep) else None,
+        padding=padding,
     )
 
 

@@ -55,7 +55,8 @@ class PackedScorer:
             lengths = [_worth_keeping(cache, item, hit) for item, hit in zip(items, hits, strict=True)]
             keep = [length > 0 for length in lengths]
         try:
-            batch = pack(items, self.min_shared_prefix, hits, keep).to(self.prm.device)
+            bucket = self.prm.forward.matmuls.bucket
+            batch = pack(items, self.min_shared_prefix, hits, keep, bucket).to(self.prm.device)
             for index in (index for index, kept in enumerate(keep or []) if kept):
                 batch.kept[index] = self._buffers(len(items[index]))
             probabilities = self.prm.forward(batch).to("cpu", non_blocking=True)
