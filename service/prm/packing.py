@@ -1,6 +1,7 @@
 """Padding-free batches: many sequences concatenated into one row, shared prefixes computed once.
 
-Linear layers see one dense row (no padding FLOPs). Attention runs per segment
+Linear layers see one dense row (no padding FLOPs, but for the few rows that round it up to
+the matmuls' row bucket, when they ask for one). Attention runs per segment
 (service.prm.attention): each sequence attends causally to its own tokens and, when it
 continues a prefix that other sequences in the batch share (the same problem and system
 prompt, a partial solution), to that prefix's keys and values, which are computed only
