@@ -7,6 +7,7 @@ after one warm-up batch has gone through the engine.
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from service.threads import size_this_threads_pool, thread_budget
 from service.upstream import UpstreamUnavailable, VLLMScorer
 
 log = logging.getLogger(__name__)
+MAX_COMPILED_ROWS = 8192  # beyond, a batch's kernels compile when it first comes (bounded by the buckets)
 
 UPSTREAM_POLL_SECONDS = 1.0
 
@@ -161,15 +163,16 @@ class Runtime:
             scorer = PackedScorer(prm, self.config.min_shared_prefix, cache)
         workers = engine_workers(self.config.engine_workers, budget_key, self.threads.threads)
         shares = thread_shares(self.threads.threads, workers)
+        budget = batch_tokens(self.config.max_batch_tokens, budget_key)
         engine = Engine(
             scorer,
             self.metrics,
-            max_batch_tokens=batch_tokens(self.config.max_batch_tokens, budget_key),
+            max_batch_tokens=budget,
             max_wait_ms=self.config.max_wait_ms,
             max_queue_tokens=self.config.max_queue_tokens,
             on_worker_death=lambda error: self._fatal(f"the engine worker died: {error!r}"),
             workers=workers,
-            on_worker_start=lambda number: size_this_threads_pool(shares[number]),
+            on_worker_start=lambda number: _start_worker(number, shares[number], prm, budget),
         )
         engine.start()
         engine.submit([prm.formatter.encode(WARMUP_ITEM)]).result()
@@ -299,3 +302,19 @@ class Runtime:
         if self.serving is None or not self.serving.engine.alive:
             raise NotReady(self.not_ready_reason)
         return self.serving
+
+
+def _start_worker(number: int, threads: int, prm: LoadedPRM, budget: int) -> None:
+    """In engine worker `number`'s thread: its share of the threads, then the matmul kernels of every row
+    bucket its batches can have (up to the batch budget, at most 8,192 rows) compiled for that share."""
+    size_this_threads_pool(threads)
+    if prm.forward is not None:
+        started = time.perf_counter()
+        buckets = prm.forward.compile_kernels(min(budget, MAX_COMPILED_ROWS))
+        if buckets:
+            log.info(
+                "engine worker %d: matmul kernels for %d row buckets in %.1f s",
+                number,
+                buckets,
+                time.perf_counter() - started,
+            )

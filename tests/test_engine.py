@@ -78,6 +78,22 @@ def test_workers_compute_batches_at_once_each_with_its_own_threads(prm, encoded,
     assert scorer.threads == {(f"prm-engine-{number}", shares[number]) for number in range(workers)}
 
 
+def test_start_returns_once_every_worker_has_run_its_start_hook(prm):
+    """Readiness waits for what the hook prepares (each worker's thread share and compiled kernels)."""
+    done = []
+
+    def slow_start(number: int) -> None:
+        time.sleep(0.2 * (number + 1))
+        done.append(number)
+
+    engine = Engine(PackedScorer(prm), Metrics(), max_batch_tokens=512, workers=2, on_worker_start=slow_start)
+    engine.start()
+    try:
+        assert sorted(done) == [0, 1]
+    finally:
+        engine.stop()
+
+
 def test_take_batch_fills_the_budget_in_arrival_order():
     queue = deque(["a" * n for n in (3, 4, 2, 9, 1)])
     assert [len(x) for x in take_batch(queue, 9)] == [3, 4, 2]

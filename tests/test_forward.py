@@ -5,6 +5,7 @@ test_scoring, test_packing and test_prefix_cache, which all run through it.
 """
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -65,3 +66,34 @@ def test_onednn_row_buckets_are_few_and_pad_little():
     assert all(n <= bucket(n) < n + max(16, n / 8) for n in counts)
     assert len({bucket(n) for n in counts}) <= 60
     assert forward.TORCH.bucket is None
+
+
+def test_compiled_row_buckets_leave_traffic_no_kernel_to_compile(prm, encoded, capfd):
+    """After compile_kernels (what each engine worker runs before it takes work), batches of any size up to
+    the budget make oneDNN compile nothing; a row count outside the buckets still would (the control).
+
+    oneDNN keys its kernels by the thread count too: 3 threads, which no other test uses, start it cold."""
+    bucket = prm.forward.matmuls.bucket
+    batches = [pack(encoded[:count], bucket=bucket) for count in range(1, len(encoded) + 1)]
+    batches = [batch for batch in batches if batch.rows <= 2048]
+    assert len({batch.rows for batch in batches}) >= 3
+    logs, buckets = {}, []
+
+    def in_a_worker():
+        torch.set_num_threads(3)
+        buckets.append(prm.forward.compile_kernels(2048))
+        capfd.readouterr()
+        with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON_CREATION):
+            for batch in batches:
+                prm.forward(batch)
+            logs["compiled"] = capfd.readouterr().out
+            prm.forward(pack(encoded[:1], bucket=lambda rows: 2048 + 3))  # 2051 rows: no bucket
+            logs["control"] = capfd.readouterr().out
+
+    worker = threading.Thread(target=in_a_worker)
+    worker.start()
+    worker.join()
+    assert buckets == [len({bucket(n) for n in range(1, 2049)})]
+    assert "create:cache_hit,cpu,inner_product" in logs["compiled"]
+    assert "cache_miss,cpu,inner_product" not in logs["compiled"]
+    assert "cache_miss,cpu,inner_product" in logs["control"]

@@ -92,10 +92,14 @@ class Engine:
             threading.Thread(target=self._run, args=(number,), name=f"prm-engine-{number}", daemon=True)
             for number in range(workers)
         ]
+        self._started = [threading.Event() for _ in range(workers)]
 
     def start(self) -> None:
+        """Start the workers; returns once each has run `on_worker_start` (or died)."""
         for thread in self._threads:
             thread.start()
+        for started in self._started:
+            started.wait()
 
     @property
     def workers(self) -> int:
@@ -142,8 +146,11 @@ class Engine:
 
     def _run(self, number: int) -> None:
         try:
-            if self.on_worker_start:
-                self.on_worker_start(number)
+            try:
+                if self.on_worker_start:
+                    self.on_worker_start(number)
+            finally:
+                self._started[number].set()
             self._loop(number)
         except BaseException as error:  # a bug: never let the worker vanish silently
             log.critical("engine worker %d died", number, exc_info=error)

@@ -49,6 +49,29 @@ class PackedForward:
         hidden = _rms_norm(x.index_select(0, batch.separator_query), self.backbone.norm)
         return torch.softmax(self.head(hidden.float()), dim=-1)[:, 1]
 
+    @torch.inference_mode()
+    def compile_kernels(self, max_rows: int) -> int:
+        """Run each of a layer's matmuls once at every row bucket up to `max_rows`; returns how many buckets.
+
+        oneDNN compiles a kernel per shape and keeps it, keyed by the calling thread's thread count too, so
+        each engine worker calls this before it takes work: no batch then waits for a compile, and the
+        memory the kernels hold is there from the start instead of growing under the first traffic.
+        """
+        bucket = self.matmuls.bucket
+        if bucket is None:
+            return 0
+        layer, matmuls = self.layers[0], self.matmuls
+        hidden = layer.o_weight.shape[0]
+        buckets = sorted({bucket(rows) for rows in range(1, max_rows + 1)})
+        for rows in buckets:
+            x = layer.o_weight.new_zeros(rows, hidden)
+            for weight, bias in ((layer.qkv_weight, layer.qkv_bias), (layer.kv_weight, layer.kv_bias)):
+                matmuls.linear(x, weight, bias)
+            matmuls.linear(x, layer.q_weight, layer.q_bias)
+            matmuls.linear_add(x.new_zeros(rows, self.heads * self.head_dim), layer.o_weight, x)
+            matmuls.linear_add(matmuls.gated(x, layer), layer.down_weight, x)
+        return len(buckets)
+
     def _layer(self, number: int, layer: "_FusedLayer", x, cos, sin, batch: PackedBatch) -> torch.Tensor:
         rows = batch.rows
         qkv = self.matmuls.linear(_rms_norm(x, layer.attention_norm), layer.qkv_weight, layer.qkv_bias)
