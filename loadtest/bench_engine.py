@@ -13,25 +13,19 @@ and the ratio to one-at-a-time. Used to pick the default --max-batch-tokens per 
 """
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
-from common import median_seconds
+from common import add_items_arguments, encoded_items, median_seconds
 
 from service.engine.batching import take_batch
-from service.prm.formatting import EncodedItem, ScoringInput
+from service.prm.formatting import EncodedItem
 from service.prm.loading import load_prm
 from service.prm.scorer import PackedScorer
-
-HERE = Path(__file__).parent
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=HERE / "out/bench-prm-h256-l4", help="built by bench_http.py")
-    parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared/data/processbench/gsm8k.json")
-    parser.add_argument("--items", type=int, default=96)
+    add_items_arguments(parser, items=96)
     parser.add_argument("--budgets", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     parser.add_argument("--padded-budget", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
@@ -40,8 +34,7 @@ def main() -> None:
     args = parser.parse_args()
 
     prm = load_prm(str(args.model), device=args.device, dtype=args.dtype)
-    records = json.loads(args.data.read_text())[: args.items]
-    items = [prm.formatter.encode(ScoringInput(r["problem"], r["steps"])) for r in records]
+    items = encoded_items(prm, args)
     tokens = sum(len(item) for item in items)
     scorer = PackedScorer(prm)
 

@@ -17,32 +17,25 @@ way's ratio to `transformers` (median of per-round ratios).
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from collections import deque
-from pathlib import Path
 
 import torch
-from common import ROOT
+from common import add_items_arguments, encoded_items
 from transformers import AttentionInterface
 
 from service.config import batch_tokens
 from service.engine.batching import take_batch
 from service.prm import forward
 from service.prm.attention import packed_attention
-from service.prm.formatting import ScoringInput
 from service.prm.loading import load_prm
 from service.prm.packing import PackedBatch, pack
-
-HERE = Path(__file__).parent
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=HERE / "out/bench-prm-h256-l4", help="built by bench_http.py")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/processbench/gsm8k.json")
-    parser.add_argument("--items", type=int, default=96)
+    add_items_arguments(parser, items=96)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -50,8 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     prm = load_prm(str(args.model), device=args.device, dtype=args.dtype)
-    records = json.loads(args.data.read_text())[: args.items]
-    queue = deque(prm.formatter.encode(ScoringInput(r["problem"], r["steps"])) for r in records)
+    queue = deque(encoded_items(prm, args))
     batches = []
     while queue:
         batches.append(pack(take_batch(queue, batch_tokens(None, prm.device.type))).to(prm.device))

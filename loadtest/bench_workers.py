@@ -11,31 +11,24 @@ ratio to the first (median of per-round ratios).
 """
 
 import argparse
-import json
 import multiprocessing
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from common import ROOT
+from common import add_items_arguments, encoded_items
 
 from service.config import batch_tokens, thread_shares
 from service.engine import Engine
 from service.metrics import Metrics
-from service.prm.formatting import ScoringInput
 from service.prm.loading import load_prm
 from service.prm.scorer import PackedScorer
 from service.threads import size_this_threads_pool, thread_budget
 
-HERE = Path(__file__).parent
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=HERE / "out/bench-prm-h256-l4", help="built by bench_http.py")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/processbench/gsm8k.json")
-    parser.add_argument("--items", type=int, default=192)
+    add_items_arguments(parser, items=192)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--load", type=float, nargs="+", default=[0.0, 0.35], help="cores the background keeps busy")
     parser.add_argument("--rounds", type=int, default=5)
@@ -43,8 +36,7 @@ def main() -> None:
 
     threads = thread_budget().threads
     prm = load_prm(str(args.model), device="cpu")
-    records = json.loads(args.data.read_text())[: args.items]
-    items = [prm.formatter.encode(ScoringInput(r["problem"], r["steps"])) for r in records]
+    items = encoded_items(prm, args)
     tokens = sum(len(item) for item in items)
     reference = PackedScorer(prm).score(items).scores
     print(f"{len(items)} items, {tokens} tokens, {threads} threads, random-weight {args.model.name}, float32")

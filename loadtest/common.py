@@ -1,5 +1,8 @@
-"""What the benchmark scripts share: timing, a `prm serve` process, and the tests' builders on the path."""
+"""What the benchmark scripts share: timing, a `prm serve` process, the engine benchmarks' inputs, and the
+tests' builders on the path."""
 
+import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -8,6 +11,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT))  # the scripts run as files; the checkpoint builders and helpers are in tests/
+
+
+def add_items_arguments(parser: argparse.ArgumentParser, items: int) -> None:
+    """The inputs of a benchmark without HTTP: `--model` (a checkpoint), `--data` and `--items` (ProcessBench)."""
+    out = Path(__file__).parent / "out"
+    parser.add_argument("--model", type=Path, default=out / "bench-prm-h256-l4", help="built by bench_http.py")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/processbench/gsm8k.json")
+    parser.add_argument("--items", type=int, default=items)
+
+
+def encoded_items(prm, args) -> list:
+    """The first `--items` records of `--data`, encoded as the service encodes a request's."""
+    from service.prm.formatting import ScoringInput
+
+    records = json.loads(args.data.read_text())[: args.items]
+    return [prm.formatter.encode(ScoringInput(record["problem"], record["steps"])) for record in records]
 
 
 def median_seconds(run, repeats: int = 3) -> float:
