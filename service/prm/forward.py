@@ -213,8 +213,14 @@ def _use_onednn(model: nn.Module) -> bool:
     parameter = next(model.parameters())
     return (
         parameter.device.type == "cpu"
-        and parameter.dtype in (torch.float32, torch.bfloat16)
+        and (parameter.dtype == torch.float32 or (parameter.dtype == torch.bfloat16 and _onednn_bf16()))
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and hasattr(torch.ops.mkldnn._linear_pointwise, "binary")
     )
+
+
+def _onednn_bf16() -> bool:
+    """oneDNN's bf16 GEMM needs AVX-512 (BF16 or AVX512BW): without it, as on AVX2-only AMD machines, it
+    cannot create the primitive at all, and F.linear's own bf16 path serves instead."""
+    return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
