@@ -35,6 +35,7 @@ class VLLMScorer:
         self.separator_id = separator_id
         self.metrics = metrics
         self.up = False  # until it answers
+        self.overlaps = True
         self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_SECONDS))
         # Two batches in flight, as the packed scorer overlaps one batch's preparation with another's compute.
         self._requests = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prm-vllm")

@@ -42,6 +42,7 @@ class Overlap:
 
     def __init__(self, scorer):
         self.scorer, self.inside, self.most, self.threads = scorer, 0, 0, set()
+        self.overlaps = scorer.overlaps
         self.lock = threading.Lock()
 
     def launch(self, items):
@@ -120,6 +121,7 @@ class FailsOnLongBatches:
 
     def __init__(self, scorer):
         self.scorer = scorer
+        self.overlaps = scorer.overlaps
 
     def launch(self, items):
         if len(items) > 1:
@@ -143,6 +145,7 @@ class FailsWhenCollected:
 
     def __init__(self, scorer):
         self.scorer = scorer
+        self.overlaps = True  # as on a GPU: the error surfaces a batch later
         self.launches = 0
 
     def launch(self, items):
@@ -164,3 +167,33 @@ def test_a_fault_at_collection_fails_only_that_batch(prm, encoded):
         first.result(timeout=30)
     assert second.result(timeout=30)[0] == pytest.approx(PackedScorer(prm).score(encoded[1:2]).scores[0], abs=TOLERANCE)
     engine.stop()
+
+
+class WaitsForAnAnswer:
+    """The real CPU scorer, whose next launch waits until `answered` (a caller's future) is done."""
+
+    def __init__(self, scorer):
+        self.scorer, self.overlaps, self.answered, self.launches = scorer, scorer.overlaps, None, 0
+
+    def launch(self, items):
+        self.launches += 1
+        if self.launches == 2:
+            self.answered.result(timeout=10)  # held until the next batch is computed, it would time out here
+        return self.scorer.launch(items)
+
+
+def test_a_cpu_batch_is_answered_before_the_next_is_computed(prm, encoded):
+    """A search loop's next request follows the answer: on CPU a batch must not wait for the next one."""
+    scorer = WaitsForAnAnswer(PackedScorer(prm))
+    assert not scorer.overlaps
+    engine = Engine(scorer, Metrics(), max_batch_tokens=1)
+    first, second = engine.submit(encoded[:1]), engine.submit(encoded[1:2])  # one batch each
+    scorer.answered = first
+    engine.start()
+    try:
+        assert second.result(timeout=30)[0] == pytest.approx(
+            PackedScorer(prm).score(encoded[1:2]).scores[0], abs=TOLERANCE
+        )
+        assert first.result(timeout=1)
+    finally:
+        engine.stop()

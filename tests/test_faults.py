@@ -29,6 +29,7 @@ class Slow:
 
     def __init__(self, scorer, delay: float):
         self.scorer, self.delay, self.seen = scorer, delay, []
+        self.overlaps = scorer.overlaps
 
     def launch(self, items):
         self.seen.extend(len(item) for item in items)
@@ -41,6 +42,7 @@ class OutOfMemoryAbove:
 
     def __init__(self, scorer, limit: int):
         self.scorer, self.limit, self.batches = scorer, limit, []
+        self.overlaps = scorer.overlaps
 
     def launch(self, items):
         tokens = sum(len(item) for item in items)
@@ -51,6 +53,8 @@ class OutOfMemoryAbove:
 
 
 class DiesOnFirstBatch:
+    overlaps = True
+
     def launch(self, items):
         raise SystemExit("injected: the worker thread dies")
 

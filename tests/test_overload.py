@@ -13,6 +13,8 @@ from tests.helpers import Server
 
 
 class NeverCalled:
+    overlaps = True
+
     def launch(self, items):
         raise AssertionError("nothing should be scored")
 

@@ -165,8 +165,13 @@ class Engine:
                 self.on_worker_death(error)
 
     def _loop(self, number: int) -> None:
-        """Launch the next batch before collecting the one in flight, so the device never waits for the host."""
-        in_flight = None
+        """Launch the next batch before collecting the one in flight, so the device never waits for the host.
+
+        A scorer that computes a batch inside `launch` (`overlaps` off: the CPU) has nothing to overlap, and
+        its batch is answered at once: held until the next one is computed, its callers would wait for both
+        (a search loop or an RL group, whose next request follows the answer, would wait twice as long).
+        """
+        in_flight, overlaps = None, self.scorer.overlaps
         while True:
             batch = self._next_batch(wait=in_flight is None)
             if batch is None and in_flight is None:
@@ -176,6 +181,9 @@ class Engine:
             if in_flight is not None:
                 self._finish(*in_flight)
             in_flight = launched
+            if not overlaps and in_flight is not None:
+                self._finish(*in_flight)
+                in_flight = None
 
     def _next_batch(self, wait: bool) -> list[_Work] | None:
         """The next batch; None when the engine stops, or at once when `wait` is off and nothing is queued."""

@@ -2,8 +2,10 @@
 
 A backend takes encoded sequences and returns one list of step scores per sequence.
 `launch` returns before a GPU has finished, so the engine can prepare and enqueue the
-next batch while this one runs; the returned `Pending` waits for the result. A
-vLLM-backed scorer can sit behind the same `Scorer` protocol.
+next batch while this one runs; the returned `Pending` waits for the result. A scorer
+whose `launch` computes the whole batch (on CPU) says so with `overlaps` False, and the
+engine then answers its batch at once instead of after the next one. A vLLM-backed
+scorer can sit behind the same `Scorer` protocol.
 """
 
 from collections.abc import Callable
@@ -31,6 +33,8 @@ Pending = Callable[[], ScoredBatch]
 
 
 class Scorer(Protocol):
+    overlaps: bool  # launch returns before the batch is computed, so the next one can be launched meanwhile
+
     def launch(self, items: list[EncodedItem]) -> Pending: ...
 
 
@@ -44,6 +48,7 @@ class PackedScorer:
         self.prm = prm
         self.min_shared_prefix = min_shared_prefix
         self.cache = cache
+        self.overlaps = prm.device.type == "cuda"  # a CPU forward is done when launch returns
 
     def launch(self, items: list[EncodedItem]) -> Pending:
         cache, hits, keep, lengths, used = self.cache, None, None, [], []
