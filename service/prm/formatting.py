@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from service.prm.errors import InputTooLong, InvalidInput
+from service.prm.pieces import conversation_tokenizer
 
 if TYPE_CHECKING:  # transformers is slow to import, and the command line only needs split_steps from here
     from transformers import PreTrainedTokenizerBase
@@ -57,6 +58,8 @@ class PRMFormatter:
         # The tokens a conversation's structure turns on (separators, chat-template markers): where a
         # prefix that later conversations may continue can end (service.prm.prefix_cache).
         self.boundary_ids = frozenset(tokenizer.all_special_ids) | {separator_id}
+        sample = self.render(ScoringInput("What is 12 * 3?", ["12 * 3 = 36.", "The answer is \\boxed{36}."]))
+        self._tokenize = conversation_tokenizer(tokenizer, sample)
 
     def render(self, item: ScoringInput) -> str:
         """The conversation text exactly as the model card builds it."""
@@ -73,7 +76,7 @@ class PRMFormatter:
         `context_checked`: the caller has already run `validate_context` on this problem and system prompt
         (candidates of one /rerank problem), so only the steps are checked here."""
         validate(item, field, context_checked)
-        input_ids = self.tokenizer(self.render(item))["input_ids"]
+        input_ids = self._tokenize(self.render(item))
         positions = [i for i, token in enumerate(input_ids) if token == self.separator_id]
         if len(positions) != len(item.steps):
             raise InvalidInput(
