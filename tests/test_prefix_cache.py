@@ -141,6 +141,46 @@ def test_an_entry_a_longer_one_supersedes_stays_counted_while_a_batch_reads_it(p
     assert cache.entries == 1 and cache.lookup(longer.input_ids).entry is not hit.entry
 
 
+def test_a_superseded_entrys_mapping_takes_the_next_kept_conversation(prm, walks):
+    """On CPU a walk's previous step leaves its mapping as a spare, counted in the cache's bytes; the next
+    conversation to keep that fits is written there, and scores stay exact."""
+    cache = cache_for(prm)
+    scorer = PackedScorer(prm, cache=cache)
+    first, second = (prm.formatter.encode(walk) for walk in walks[:2])  # steps[:1], steps[:2] of one solution
+    scorer.score([first])
+    (replaced,) = cache._entries.values()
+    scorer.score([second])
+    assert cache.entries == 1 and [spare.data_ptr() for spare in cache._spares] == [replaced.arena.data_ptr()]
+    assert cache.bytes == sum(entry.nbytes for entry in cache._entries.values()) + replaced.arena.numel()
+    step = walks[0].steps[0]
+    shorter = prm.formatter.encode(ScoringInput(walks[0].problem, [step[: len(step) // 2]]))
+    assert len(first) // 2 <= len(shorter) <= len(first)  # fits the spare, wasting less than its own size
+    scored = scorer.score([shorter])
+    assert_same_scores(scored.scores, PackedScorer(prm).score([shorter]).scores)
+    assert not cache._spares
+    assert any(entry.arena.data_ptr() == replaced.arena.data_ptr() for entry in cache._entries.values())
+
+
+def test_spares_go_before_any_entry_is_evicted(prm, walks):
+    metrics = Metrics()
+    cache = cache_for(prm, metrics=metrics)
+    scorer = PackedScorer(prm, cache=cache)
+    first = prm.formatter.encode(walks[0])
+    scorer.score([first])
+    scorer.score([prm.formatter.encode(walks[1])])
+    (kept,) = cache._entries.values()
+    assert len(cache._spares) == 1  # the first step's mapping
+    others = [prm.formatter.encode(walk) for walk in walks if walk.problem != walks[0].problem]
+    other = next(item for item in others if len(item) > len(first))  # no spare fits it
+    forward = prm.forward
+    needs = 2 * len(forward.layers) * forward.kv_heads * len(other) * forward.head_dim * 4
+    cache.capacity_bytes = kept.nbytes + needs  # room for both entries once the spare goes
+    scorer.score([other])
+    assert cache.entries == 2 and not cache._spares and cache.bytes == cache.capacity_bytes
+    assert metrics.prefix_cache_evictions._value.get() == 0
+    assert metrics.prefix_cache_bytes._value.get() == cache.bytes
+
+
 def test_concurrent_interleaved_requests_through_the_engine_equal_the_uncached_scores(prm, walks):
     encoded = [prm.formatter.encode(walk) for walk in walks]
     reference = PackedScorer(prm).score(encoded).scores

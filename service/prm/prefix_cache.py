@@ -15,6 +15,12 @@ batch in flight reads is pinned and never evicted under it. One cache belongs to
 PackedScorer), so a reload or a `--watch` swap never serves another model's keys and values. The
 engine's workers share it: every method holds its lock, and a scorer holds `lock` too from its lookups to
 pinning what they found, so that no other worker's insert evicts an entry in between.
+
+On CPU each entry lies in a memory mapping of its own. An entry that a longer one replaces (a walk's previous
+step) leaves its mapping behind as a spare, and the next conversation to keep that fits is written there:
+its pages are already in memory, where a fresh mapping costs a page fault per 4 KiB on first write (about
+1.5 ms per 2.5 MiB here, against 0.2 ms to copy into memory already touched). Spares count towards the
+capacity, are the first to go when it is reached, and never hold more than an eighth of it.
 """
 
 import hashlib
@@ -62,20 +68,35 @@ class KeptBuffers:
 
     keys: list[torch.Tensor]  # per layer: (key/value heads, tokens, head_dim)
     values: list[torch.Tensor]
+    arena: torch.Tensor | None = None  # on CPU, the mapping (bytes) they lie in, at least as large as they need
+
+    @property
+    def nbytes(self) -> int:
+        if self.arena is not None:
+            return self.arena.numel()
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
     @classmethod
-    def empty(cls, layers: int, shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device) -> "KeptBuffers":
-        """On CPU, in one anonymous memory mapping of its own, which goes back to the system the moment its
-        entry is evicted: from the heap, blocks of these sizes stayed resident after eviction (over 1,500
-        unique conversations with a 1,024 MiB cache, resident memory grew by 1,596 MiB, 70 MiB with the cache
-        off; trimming the heap or a fixed mmap threshold cost throughput instead: loadtest/RESULTS.md)."""
+    def empty(
+        cls,
+        layers: int,
+        shape: tuple[int, int, int],
+        dtype: torch.dtype,
+        device: torch.device,
+        arena: torch.Tensor | None = None,
+    ) -> "KeptBuffers":
+        """On CPU, in `arena` or else in one anonymous memory mapping of its own, which goes back to the system
+        the moment nothing holds it: from the heap, blocks of these sizes stayed resident after eviction (over
+        1,500 unique conversations with a 1,024 MiB cache, resident memory grew by 1,596 MiB, 70 MiB with the
+        cache off; trimming the heap or a fixed mmap threshold cost throughput instead: loadtest/RESULTS.md)."""
         if device.type != "cpu":
             tensors = [torch.empty(shape, dtype=dtype, device=device) for _ in range(2 * layers)]
         else:
             size = torch.Size(shape).numel() * dtype.itemsize
-            arena = torch.frombuffer(mmap.mmap(-1, 2 * layers * size), dtype=torch.uint8)
+            if arena is None:
+                arena = torch.frombuffer(mmap.mmap(-1, 2 * layers * size), dtype=torch.uint8)
             tensors = [arena[n * size : (n + 1) * size].view(dtype).view(shape) for n in range(2 * layers)]
-        return cls(tensors[:layers], tensors[layers:])
+        return cls(tensors[:layers], tensors[layers:], arena)
 
 
 @dataclass(eq=False)
@@ -87,6 +108,7 @@ class CachedPrefix:
     values: list[torch.Tensor]
     scores: dict[int, float]  # position of each separator inside the prefix -> its step score
     nbytes: int
+    arena: torch.Tensor | None  # on CPU, the mapping its keys and values lie in (KeptBuffers.arena)
     digests: set[bytes] = field(default_factory=set)  # the index keys that lead here
     pins: int = 0  # batches in flight that read it
 
@@ -115,8 +137,9 @@ class PrefixCache:
         self.boundary_ids = boundary_ids
         self.min_length = max(1, min_length)
         self.metrics = metrics
-        self.bytes = 0
+        self.bytes = 0  # the entries' and the spares'
         self._entries: OrderedDict[int, CachedPrefix] = OrderedDict()  # by id(), least recently used first
+        self._spares: list[torch.Tensor] = []  # mappings that replaced entries left, oldest first
         self._index: dict[bytes, CachedPrefix] = {}
         self.lock = threading.RLock()
         self._publish()
@@ -147,14 +170,29 @@ class PrefixCache:
         return length if length >= self.min_length and length < len(item_tokens) else 0
 
     @_locked
+    def buffers(
+        self, layers: int, shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device
+    ) -> KeptBuffers:
+        """Where a batch writes a conversation to keep (KeptBuffers.empty): on CPU in the smallest spare that
+        holds it without wasting more than its own size, else in a mapping of its own."""
+        need = 2 * layers * torch.Size(shape).numel() * dtype.itemsize
+        fitting = [spare for spare in self._spares if need <= spare.numel() <= 2 * need]
+        arena = min(fitting, key=torch.Tensor.numel) if device.type == "cpu" and fitting else None
+        if arena is not None:
+            self._spares = [spare for spare in self._spares if spare is not arena]
+            self.bytes -= arena.numel()  # the batch holds it now; the cache again once it is inserted
+            self._publish()
+        return KeptBuffers.empty(layers, shape, dtype, device, arena)
+
+    @_locked
     def insert(self, tokens: list[int], kept: KeptBuffers, scores: dict) -> None:
         """Keep `tokens` (ending at a boundary) with their keys and values (which may run on past them); entries
-        it contains whole are dropped, and the least recently used ones go until the cache is within its
-        capacity again."""
-        nbytes = sum(t.numel() * t.element_size() for t in (*kept.keys, *kept.values))
+        it contains whole are dropped, leaving their mappings as spares, and spares, then the least recently
+        used entries, go until the cache is within its capacity again."""
+        nbytes = kept.nbytes
         if nbytes > self.capacity_bytes:
             return
-        entry = CachedPrefix(tokens, kept.keys, kept.values, scores, nbytes)
+        entry = CachedPrefix(tokens, kept.keys, kept.values, scores, nbytes, kept.arena)
         for _, digest in self._digests(tokens, len(tokens)):
             previous = self._index.get(digest)
             if previous is not None:
@@ -165,6 +203,8 @@ class PrefixCache:
             entry.digests.add(digest)
         self._entries[id(entry)] = entry
         self.bytes += nbytes
+        while self.bytes > self.capacity_bytes and self._spares:
+            self.bytes -= self._spares.pop(0).numel()
         for victim in list(self._entries.values()):
             if self.bytes <= self.capacity_bytes:
                 break
@@ -191,6 +231,8 @@ class PrefixCache:
         for entry in list(self._entries.values()):
             if entry.pins == 0:
                 self._remove(entry, evicted=True)
+        self.bytes -= sum(spare.numel() for spare in self._spares)
+        self._spares.clear()
         self._publish()
 
     def record(self, hit_tokens: int, miss_tokens: int) -> None:
@@ -200,13 +242,19 @@ class PrefixCache:
             self.metrics.prefix_cache_miss_tokens.inc(miss_tokens)
 
     def _remove(self, entry: CachedPrefix, evicted: bool) -> None:
+        """Drop an entry: evicted, its memory goes back; replaced by a longer one, its mapping stays a spare."""
         for digest in entry.digests:
             del self._index[digest]
         entry.digests.clear()
         del self._entries[id(entry)]
-        self.bytes -= entry.nbytes
-        if evicted and self.metrics is not None:
-            self.metrics.prefix_cache_evictions.inc()
+        if evicted or entry.arena is None:
+            self.bytes -= entry.nbytes
+            if evicted and self.metrics is not None:
+                self.metrics.prefix_cache_evictions.inc()
+        else:
+            self._spares.append(entry.arena)
+            while sum(spare.numel() for spare in self._spares) > self.capacity_bytes // 8:
+                self.bytes -= self._spares.pop(0).numel()
 
     def _digests(self, tokens: list[int], end: int) -> list[tuple[int, bytes]]:
         """(length, digest of tokens[:length]) for every boundary length up to `end`, shortest first."""

@@ -98,7 +98,7 @@ class PackedScorer:
     def _buffers(self, tokens: int) -> KeptBuffers:
         forward = self.prm.forward
         shape = (forward.kv_heads, tokens, forward.head_dim)
-        return KeptBuffers.empty(len(forward.layers), shape, self.prm.dtype, self.prm.device)
+        return self.cache.buffers(len(forward.layers), shape, self.prm.dtype, self.prm.device)
 
     def score(self, items: list[EncodedItem]) -> ScoredBatch:
         return self.launch(items)()
