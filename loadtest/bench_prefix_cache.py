@@ -14,6 +14,10 @@ never meets traffic it has already seen):
 
 It prints seconds per workload and server, the ratios (medians over rounds), the scores' largest
 difference, and the cache-on server's resident memory growth over the unique stream against its bound.
+Beside each ratio stands the workload's ceiling: its tokens over those that no exact prefix cache can
+skip (each request's tokens past the longest boundary prefix that an earlier request of the round kept),
+the speed-up that a cache whose hits cost nothing would reach. GRPO groups share little more than the
+prompt, so theirs is low.
 
     python loadtest/bench_prefix_cache.py                # hidden 256, 4 layers, 3 rounds
     python loadtest/bench_prefix_cache.py --rounds 1
@@ -30,6 +34,11 @@ from pathlib import Path
 import httpx
 from bench_http import build_checkpoint
 from common import ROOT, start_prm_serve, wait_ready
+
+from service.config import MIN_SHARED_PREFIX
+from service.prm.formatting import ScoringInput
+from service.prm.loading import load_tokenizer
+from service.prm.prefix_cache import KeptBuffers, PrefixCache
 
 HERE = Path(__file__).parent
 PORTS = {"cache on": 8111, "cache off": 8112}
@@ -81,7 +90,7 @@ def main() -> None:
                     asyncio.run(run(PORTS[name], rounds[round_index]))
                     seconds[name, workload].append(time.perf_counter() - started)
                     print(f"round {round_index + 1} {workload:6s} {name}: {seconds[name, workload][-1]:.2f} s")
-        report(seconds, workloads)
+        report(seconds, workloads, ceilings(checkpoint, workloads))
         memory_bound(args, started_resident)
     finally:
         for process in servers.values():
@@ -145,13 +154,39 @@ async def run(port: int, sequences: list[list[tuple[str, dict]]], concurrency: i
     return [kept[key] for key in sorted(kept)]
 
 
-def report(seconds: dict, workloads: dict) -> None:
-    """Median seconds, and the median over rounds of each round's ratio (both servers ran it back to back)."""
-    print("\n| workload | cache on s | cache off s | speed-up (median of rounds) |\n|---|---|---|---|")
+def ceilings(checkpoint: Path, workloads: dict) -> dict[str, float]:
+    """Per workload, the median over rounds of its tokens over those an unbounded exact prefix cache computes:
+    the server's own formatting and cache rules (boundaries, what is kept), every request in its round's order."""
+    formatter = load_tokenizer(str(checkpoint)).formatter
+    out = {}
+    for workload, rounds in workloads.items():
+        ratios = []
+        for sequences in rounds:
+            cache, total, computed = PrefixCache(1 << 62, formatter.boundary_ids, MIN_SHARED_PREFIX), 0, 0
+            for path, body in (request for sequence in sequences for request in sequence):
+                for steps in body["candidates"] if path == "/rerank" else [body["steps"]]:
+                    item = formatter.encode(ScoringInput(body["problem"], steps))
+                    hit = cache.lookup(item.input_ids)
+                    total, computed = total + len(item), computed + len(item) - (hit.length if hit else 0)
+                    length = cache.keep_length(item.input_ids, item.separator_positions)
+                    if length and (hit is None or length > hit.length):
+                        cache.insert(item.input_ids[:length], KeptBuffers([], []), {})
+            ratios.append(total / computed)
+        out[workload] = statistics.median(ratios)
+    return out
+
+
+def report(seconds: dict, workloads: dict, ceiling: dict[str, float]) -> None:
+    """Median seconds, the median over rounds of each round's ratio (both servers ran it back to back), and
+    the workload's ceiling."""
+    print("\n| workload | cache on s | cache off s | speed-up (median of rounds) | ceiling |\n|---|---|---|---|---|")
     for workload in workloads:
         on, off = seconds["cache on", workload], seconds["cache off", workload]
         ratio = statistics.median(b / a for a, b in zip(on, off, strict=True))
-        print(f"| {workload} | {statistics.median(on):.2f} | {statistics.median(off):.2f} | **{ratio:.2f}x** |")
+        print(
+            f"| {workload} | {statistics.median(on):.2f} | {statistics.median(off):.2f} | **{ratio:.2f}x** "
+            f"| {ceiling[workload]:.2f}x |"
+        )
 
 
 def memory_bound(args, started_resident: dict[str, float]) -> None:
