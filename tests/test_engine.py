@@ -197,3 +197,19 @@ def test_a_cpu_batch_is_answered_before_the_next_is_computed(prm, encoded):
         assert first.result(timeout=1)
     finally:
         engine.stop()
+
+
+def test_a_worker_that_wakes_to_only_abandoned_work_waits_for_more(prm, encoded):
+    """Callers that went away (a load generator stopping mid-run) leave only cancelled work in the queue: the
+    worker drops it and must go on waiting, not end, or the next request would never be answered."""
+    engine = Engine(PackedScorer(prm), Metrics())
+    abandoned = engine.submit(encoded[:2])
+    assert abandoned.cancel()
+    engine.start()  # the worker wakes to a queue that holds only the cancelled work
+    try:
+        later = engine.submit(encoded[2:3])
+        assert later.result(timeout=30)[0] == pytest.approx(
+            PackedScorer(prm).score(encoded[2:3]).scores[0], abs=TOLERANCE
+        )
+    finally:
+        engine.stop()

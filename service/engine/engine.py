@@ -186,15 +186,21 @@ class Engine:
                 in_flight = None
 
     def _next_batch(self, wait: bool) -> list[_Work] | None:
-        """The next batch; None when the engine stops, or at once when `wait` is off and nothing is queued."""
+        """The next batch; None when the engine stops, or at once when `wait` is off and nothing is queued.
+
+        Work whose callers went away is dropped here; if that was all there was, a waiting worker waits again
+        (returning None then would end it while the engine still runs)."""
         with self._condition:
-            if wait:
-                self._condition.wait_for(lambda: self._queue or self._stopping or self.worker_error is not None)
-            if self.worker_error is not None:
-                return None
-            self._drop_abandoned()
-            if not self._queue:
-                return None
+            while True:
+                if wait:
+                    self._condition.wait_for(lambda: self._queue or self._stopping or self.worker_error is not None)
+                if self.worker_error is not None:
+                    return None
+                self._drop_abandoned()
+                if self._queue:
+                    break
+                if not wait or self._stopping:
+                    return None
             if wait and self.max_wait_s and self._queued_tokens < self.max_batch_tokens and not self._stopping:
                 deadline = self._queue[0].enqueued_at + self.max_wait_s
                 self._condition.wait_for(
