@@ -63,7 +63,9 @@ class Metrics:
         self.prefix_cache_miss_tokens = Counter(
             "prm_prefix_cache_miss_tokens", "Tokens scored without the prefix cache (computed or shared)", registry=r
         )
-        self.prefix_cache_bytes = Gauge("prm_prefix_cache_bytes", "Bytes the prefix cache holds", registry=r)
+        self.prefix_cache_bytes = Gauge(
+            "prm_prefix_cache_bytes", "Bytes the prefix cache holds: its entries and spare mappings", registry=r
+        )
         self.prefix_cache_evictions = Counter(
             "prm_prefix_cache_evictions", "Prefix cache entries evicted to make room", registry=r
         )
