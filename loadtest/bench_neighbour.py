@@ -11,8 +11,9 @@ In interleaved rounds, on one checkpoint and the same ProcessBench bodies (wrk, 
   the other, so each keeps the cores it is given;
 - `shared, --threads half`: the same, each told half the cores, as an operator co-locating them would.
 
-The pod scenarios need a writable cgroup (v1 `cpu` controller or v2, as root); without one they are left
-out and the script says so.
+The servers run with the prefix cache off: wrk repeats its bodies, and a server fast enough to come round
+to them again would meet its own cache, not its share of the cores. The pod scenarios need a writable
+cgroup (v1 `cpu` controller or v2, as root); without one they are left out and the script says so.
 
     python loadtest/bench_neighbour.py                  # 3 rounds of 15 s
     python loadtest/bench_neighbour.py --rounds 1 --duration 5
@@ -79,6 +80,8 @@ def run_scenario(checkpoint, bodies, item, env, cgroups, loaded, args) -> list[f
         start_prm_serve(
             checkpoint,
             port,
+            "--prefix-cache-mb",
+            "0",  # wrk repeats its bodies: a cache would turn the solo runs' second pass into hits
             env={**os.environ, **{key: str(value) for key, value in env.items()}},
             preexec_fn=(lambda group=group: join_cgroup(group)) if cgroups else None,
         )
