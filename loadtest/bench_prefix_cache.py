@@ -168,8 +168,7 @@ def ceilings(checkpoint: Path, workloads: dict) -> dict[str, float]:
                     item = formatter.encode(ScoringInput(body["problem"], steps))
                     hit = cache.lookup(item.input_ids)
                     total, computed = total + len(item), computed + len(item) - (hit.length if hit else 0)
-                    length = cache.keep_length(item.input_ids, item.separator_positions)
-                    if length and (hit is None or length > hit.length):
+                    if length := cache.keep_length(item.input_ids, item.separator_positions, hit):
                         cache.insert(item.input_ids[:length], KeptBuffers([], []), {})
             ratios.append(total / computed)
         out[workload] = statistics.median(ratios)

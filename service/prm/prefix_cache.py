@@ -161,13 +161,15 @@ class PrefixCache:
                 return Hit(entry, length)
         return None
 
-    def keep_length(self, item_tokens: list[int], separator_positions: list[int]) -> int:
+    def keep_length(self, item_tokens: list[int], separator_positions: list[int], hit: Hit | None = None) -> int:
         """How much of a conversation to keep: up to its last separator, which is where a continuation (the
         next search step) or a repeat parts from it; its template's closing tokens, which no continuation
         shares, stay out, so an entry that a continuation extends holds nothing that the new one does not
-        and is dropped for it (0: too short to keep)."""
+        and is dropped for it (0: too short to keep, or `hit`, the kept prefix it continues, holds it all)."""
         length = separator_positions[-1] + 1 if separator_positions else 0
-        return length if length >= self.min_length and length < len(item_tokens) else 0
+        if length < self.min_length or length >= len(item_tokens):
+            return 0
+        return length if hit is None or length > hit.length else 0
 
     @_locked
     def buffers(

@@ -19,7 +19,7 @@ from service.prm.errors import DeviceOutOfMemory
 from service.prm.formatting import EncodedItem
 from service.prm.loading import LoadedPRM
 from service.prm.packing import PackedBatch, pack
-from service.prm.prefix_cache import Hit, KeptBuffers, PrefixCache
+from service.prm.prefix_cache import KeptBuffers, PrefixCache
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,10 @@ class PackedScorer:
                 hits = [cache.lookup(item.input_ids) for item in items]
                 used = [hit for hit in hits if hit is not None]
                 cache.pin(used)  # never evicted while this batch reads them
-            lengths = [_worth_keeping(cache, item, hit) for item, hit in zip(items, hits, strict=True)]
+            lengths = [
+                cache.keep_length(item.input_ids, item.separator_positions, hit)
+                for item, hit in zip(items, hits, strict=True)
+            ]
             keep = [length > 0 for length in lengths]
         try:
             bucket = self.prm.forward.matmuls.bucket
@@ -102,12 +105,6 @@ class PackedScorer:
 
     def score(self, items: list[EncodedItem]) -> ScoredBatch:
         return self.launch(items)()
-
-
-def _worth_keeping(cache: PrefixCache, item: EncodedItem, hit: Hit | None) -> int:
-    """How many of the item's tokens to keep (PrefixCache.keep_length), unless a hit holds them already."""
-    length = cache.keep_length(item.input_ids, item.separator_positions)
-    return length if hit is None or length > hit.length else 0
 
 
 def _keep(cache: PrefixCache, items: list[EncodedItem], lengths: list[int], batch: PackedBatch, scores) -> None:
