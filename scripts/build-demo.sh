@@ -6,14 +6,14 @@ set -euo pipefail
 work=${1:-/tmp/prm-demo}
 store=$(dirname "$0")/../model_store
 fixtures=$(dirname "$0")/../tests/fixtures  # the hand-written set: evaluated on, never trained on
+steps="--lm-loss --lr-scheduler linear --batch-size 16 --max-steps 2500 --warmup-ratio 0.02 --logging-steps 100 --save-steps 1000"
 
 prm synth --out "$work/data" --train 120000 --heldout 1000 --bon-problems 100 --bon-n 8 --error-rate 0.6 --seed 0
-# Numbers below 1000 are tokens whose embeddings hold their values; the next-token loss teaches the model
-# to compute what each step writes, and digit-check copies (a result replaced by a wrong one) teach the
-# score head to compare.
-prm train --base scratch --data "$work/data/train.jsonl" --out "$work/prm" --scratch-number-tokens 1000 \
-  --scratch-vocab-size 1024 --lm-loss --digit-check 0.5 --lr 2e-3 --lr-scheduler linear --batch-size 16 \
-  --max-steps 4000 --warmup-ratio 0.02 --logging-steps 100 --save-steps 1000 \
+# 1. Arithmetic: the next-token loss teaches a narrow, deep model to compute what each step writes.
+prm train --base scratch --data "$work/data/train.jsonl" --out "$work/arith" $steps --lr 2e-3 \
+  --scratch-hidden-size 64 --scratch-layers 8 --scratch-intermediate-size 192
+# 2. Checking: digit-check copies teach the score head to compare each written result with that arithmetic.
+prm train --base "$work/arith" --data "$work/data/train.jsonl" --out "$work/prm" $steps --lr 1e-3 --digit-check 0.5 \
   --eval-processbench "$work/data/heldout.jsonl" --eval-processbench "$fixtures/handwritten_arith.jsonl"
 prm eval bon --model "$work/prm" --data "$work/data/bon.jsonl" --out "$work/bon.json" --device cpu
 prm publish "$work/prm" --name demo-arith --store "$store" --default

@@ -6,10 +6,9 @@ Prints, for each operation (+, -, x, /) of the step a solution got wrong:
 - how often the first error is found, per error kind, at the threshold (as `prm eval processbench` counts);
 - AUC of the step scores, wrong results (calculation and slip) against right steps: 0.5 is blind;
 - the scores of one hand-made solution whose first step, an addition, is right or off by 2, 10 and 40;
-- next-token accuracy on each number token (digit, or whole number where numbers are tokens) of every result
-  in the correct solutions, read where `prm train --lm-loss` reads it, so one can tell whether the model does
-  not know the arithmetic or knows it and does not use it;
-- with one result's last number token of each correct solution replaced (as `prm train --digit-check` does), per
+- next-token accuracy on each digit of every result in the correct solutions, read where `prm train --lm-loss`
+  reads it, so one can tell whether the model does not know the arithmetic or knows it and does not use it;
+- with one result's last digit of each correct solution replaced (as `prm train --digit-check` does), per
   operation: AUC of the score at that digit and at its step's separator, each against the same position of
   the solution as written, so one can tell whether a wrong result is spotted where it is written and whether
   the step's score then uses it.
@@ -27,17 +26,16 @@ import torch
 from service.jobs.evaluate.processbench import as_scoring_input, first_below, load_subsets
 from service.jobs.evaluate.run import ModelSpec
 from service.jobs.evaluate.scoring import score_items
-from service.jobs.train.data import digit_vocab, encode_records, parse_records
+from service.jobs.train.data import encode_records, parse_records
 from service.jobs.train.objective import IGNORE_INDEX, Qwen2PRMForTraining
 from service.prm.formatting import ScoringInput
 
-COMPUTATION = re.compile(r"(\d+) ([-+×*x÷/]) (\d+) = (\d+)")
-OPERATION = {"*": "×", "x": "×", "/": "÷"}  # the symbols a solution may write, as the probe reports them
+COMPUTATION = re.compile(r"(\d+) ([-+×÷]) (\d+) = (\d+)")
 
 
 def operation(step: str) -> str | None:
     match = COMPUTATION.search(step)
-    return OPERATION.get(match.group(2), match.group(2)) if match else None
+    return match.group(2) if match else None
 
 
 def detection(items: list[dict], scores: list[list[float]], threshold: float) -> dict:
@@ -92,10 +90,10 @@ def addition_sensitivity(prm) -> dict[int, list[float]]:
 
 @torch.inference_mode()
 def result_digit_accuracy(prm, model: Qwen2PRMForTraining, items: list[dict]) -> dict:
-    """Teacher-forced next-token accuracy on the number tokens after each `=` of the correct solutions."""
+    """Teacher-forced next-token accuracy on the digits after each `=` of the correct solutions."""
     tokenizer = prm.formatter.tokenizer
     equals = tokenizer.convert_tokens_to_ids("Ġ=")
-    numbers = digit_vocab(tokenizer).numbers
+    digits = set(tokenizer.convert_tokens_to_ids([str(d) for d in range(10)]))
     hits = defaultdict(lambda: [0, 0])
     for item in items:
         if item["label"] != -1:
@@ -106,8 +104,8 @@ def result_digit_accuracy(prm, model: Qwen2PRMForTraining, items: list[dict]) ->
         for position, token in enumerate(ids):
             if token != equals:
                 continue
-            op, at, place = next(ops), position + 2, 0  # "= " is followed by a space token, then the number
-            while ids[at] in numbers:
+            op, at, place = next(ops), position + 2, 0  # "= " is followed by a space token, then the digits
+            while ids[at] in digits:
                 hits[(op, place)][0] += predicted[at - 1] == ids[at]
                 hits[(op, place)][1] += 1
                 at, place = at + 1, place + 1
@@ -116,7 +114,7 @@ def result_digit_accuracy(prm, model: Qwen2PRMForTraining, items: list[dict]) ->
 
 @torch.inference_mode()
 def replaced_digit_auc(prm, model: Qwen2PRMForTraining, items: list[dict]) -> dict:
-    """Per operation: AUCs of the score at a replaced last number token of a result (one per correct solution, as
+    """Per operation: AUCs of the score at a replaced last digit of a result (one per correct solution, as
     `prm train --digit-check` replaces it) and at its step's separator, each against the same position of
     the solution as written. Compared at the same position, so that a place where the model is unsure of
     every solution does not pass for one where it spots the wrong one."""
@@ -170,10 +168,10 @@ def main() -> None:
     print("one solution, its first step's sum written as ... (44 is right): step scores")
     for result, step_scores in addition_sensitivity(prm).items():
         print(f"  34 + 10 = {result}: " + " ".join(f"{score:.3f}" for score in step_scores))
-    print("next-token accuracy on result tokens of correct solutions (place 0 = the leading one)")
+    print("next-token accuracy on result digits of correct solutions (place 0 = the leading digit)")
     for (op, place), (hit, total) in sorted(result_digit_accuracy(prm, unpacked, items).items()):
         print(f"  {op} place {place}  {hit:4} / {total:<4} {100 * hit / total:5.1f}%")
-    print("one result of each correct solution replaced: AUC of the score there and at its separator")
+    print("one result's last digit of each correct solution replaced: AUC of the score there and at its separator")
     for op, (total, digit, step) in sorted(replaced_digit_auc(prm, unpacked, items).items()):
         print(f"  {op}  {total:4}  at the digit {digit:.3f}  at the separator {step:.3f}")
 

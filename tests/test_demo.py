@@ -71,7 +71,7 @@ def test_the_demo_on_hand_written_arithmetic(tmp_path):
 
     What the shipped demo does there: it puts the first wrong step below 0.5 and below every right step
     before it in 62.9% of the faulty solutions, and passes none of the 47 correct ones (every step at 0.5
-    or more). The floor guards the first number; the second is the open problem issue 23 tracks, and a
+    or more). The floor guards the first number; the second is what issue 23 is blocked on, and a
     floor of 0 could not fail."""
     out = tmp_path / "report.json"
     result = run_prm("eval", "processbench", "--store", str(DEMO_STORE.root), "--data",

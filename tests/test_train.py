@@ -12,11 +12,11 @@ from torch.nn.functional import cross_entropy
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from service.jobs.synth import synthesize
-from service.jobs.train.backbone import ScratchShape, corpus_of, prepare
+from service.jobs.train.backbone import ScratchShape
 from service.jobs.train.data import RecordError, StepwiseDataset, collate, encode_records, parse_records
 from service.jobs.train.objective import IGNORE_INDEX, Qwen2PRMForTraining
 from service.jobs.train.run import TrainOptions, build_trainer, train_and_evaluate
-from service.jobs.train.scratch import CHAT_TEMPLATE, number_embedding
+from service.jobs.train.scratch import CHAT_TEMPLATE
 from service.prm.formatting import STEP_SEPARATOR, PRMFormatter, ScoringInput
 from service.prm.loading import load_prm
 from service.prm.scorer import PackedScorer
@@ -201,7 +201,7 @@ def test_the_lm_loss_teaches_next_tokens_and_saves_nothing_extra(tmp_path, train
         return hits / total
 
     learned, untaught = next_token_accuracy(with_lm.out), next_token_accuracy(plain.out)
-    assert learned > 0.35 and untaught < 0.1, (learned, untaught)  # 0.44 and 0.01 here on the widened world
+    assert learned > 0.45 and untaught < 0.1, (learned, untaught)
 
 
 def test_the_lm_loss_averages_over_accumulated_micro_batches_like_one_batch(trained):
@@ -278,47 +278,11 @@ def test_a_digit_check_copy_replaces_the_last_digit_of_a_result_in_a_step_before
     assert len(encode_records(parse_records([record]), prm.formatter).examples) == 1
 
 
-def test_number_tokens_keep_their_values_and_a_digit_check_copy_replaces_a_whole_result(tmp_path):
-    """`--scratch-number-tokens`: numbers below it are one token each, their embedding rows hold their values
-    and training leaves them so; a digit-check copy writes a whole wrong result, wrong in any digit."""
-    data = synthesize(tmp_path / "synth", train=16, heldout=0, bon_problems=0, bon_n=1, seed=3)
-    shape = ScratchShape(**{**TINY.__dict__, "number_tokens": 1000})
-    options = TrainOptions(
-        base="scratch", data=[str(data["train"])], out=tmp_path / "prm", lr=3e-3, batch_size=16, max_steps=5,
-        logging_steps=5, save_steps=40, warmup_ratio=0.0, lm_loss=True, digit_check=1.0, scratch=shape,
-    )  # fmt: skip
-    result = train_and_evaluate(options, [])
-    tokenizer = AutoTokenizer.from_pretrained(result.out)
-    assert tokenizer.tokenize("466 + 1234") == ["466", "Ġ+", "Ġ", "123", "4"]
-    embeddings = load_file(result.out / "model.safetensors")["model.embed_tokens.weight"]
-    for number in (0, 7, 42, 466, 999):
-        assert torch.equal(embeddings[tokenizer.convert_tokens_to_ids(str(number))], number_embedding(number, 64))
-    records = parse_records([json.loads(line) for line in data["train"].read_text().splitlines()])
-    initial, _ = prepare("scratch", corpus_of(records), shape, seed=0)  # the same start, before training
-    word = tokenizer.convert_tokens_to_ids("Ġhas")
-    assert not torch.equal(embeddings[word], initial.model.embed_tokens.weight[word].detach())  # words do train
-
-    prm = load_prm(str(result.out), device="cpu")
-    record = {"id": "r", "prompt": "Ava has 300 coins.", "completions": ["300 - 236 = 64 coins.", "It is 64."],
-              "labels": [True, True]}  # fmt: skip
-    wrong_places = set()
-    for seed in range(40):
-        original, copy = encode_records(parse_records([record]), prm.formatter, digit_check=1.0, seed=seed).examples
-        [position] = [p for p, (a, b) in enumerate(zip(original.input_ids, copy.input_ids, strict=True)) if a != b]
-        assert tokenizer.decode(original.input_ids[position]) == "64"  # the result, not a digit of it
-        written = tokenizer.decode(copy.input_ids[position])
-        assert written.isdigit() and written != "64" and copy.labels[copy.labels.index(0)] == 0
-        if len(written) == 2:
-            wrong_places |= {place for place, (a, b) in enumerate(zip("64", written, strict=True)) if a != b}
-    assert wrong_places == {0, 1}  # the tens as well as the units
-
-
 def test_the_digit_check_loss_is_the_score_head_at_every_checked_token(trained):
     result, data = trained
     prm = load_prm(str(result.out), device="cpu")
     model = Qwen2PRMForTraining.from_pretrained(result.out).eval()
-    lines = [json.loads(line) for line in data["train"].read_text().splitlines()]
-    records = parse_records([record for record in lines if record["labels"][0]][:3])  # a right step to replace in
+    records = parse_records([json.loads(line) for line in data["train"].read_text().splitlines()[:3]])
     examples = encode_records(records, prm.formatter, digit_check=1.0).examples
     pad = collate(prm.formatter.tokenizer.pad_token_id)
     with_check = pad([StepwiseDataset(examples, digit_check=True)[index] for index in range(len(examples))])

@@ -165,15 +165,6 @@ def train(
     scratch_max_length: Annotated[
         int, typer.Option(help="Maximum positions of a scratch model.")
     ] = ScratchShape.max_length,
-    scratch_number_tokens: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=1000,
-            help="Whole numbers below this are single tokens of a scratch model, with their values written into "
-            "fixed embedding rows (0: digits one by one, as Qwen's tokenizer).",
-        ),
-    ] = ScratchShape.number_tokens,
     log_level: LogLevelOption = ServeConfig.log_level,
 ) -> None:
     """Train a PRM on stepwise supervision: cross-entropy on the two head logits at step separators only.

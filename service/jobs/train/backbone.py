@@ -4,8 +4,7 @@
 - a Qwen2 causal LM (e.g. Qwen2.5-Math-7B-Instruct) keeps its backbone, drops its LM head and gets a
   freshly initialised PRM head (Linear(H, H), ReLU, Linear(H, 2));
 - `scratch` builds a small Qwen2 from a config and a byte-level BPE tokenizer trained on the data
-  (digits split one by one, or whole numbers as tokens with their values written into fixed embedding
-  rows), which is how the bundled demo PRM is made.
+  (digits split one by one), which is how the bundled demo PRM is made.
 
 The tokenizer always ends up with the `<extra_0>` step separator and a chat template.
 """
@@ -20,13 +19,7 @@ from service.jobs.inputs import InputError
 from service.jobs.train.data import Labelled
 from service.jobs.train.objective import Qwen2PRMForTraining
 from service.jobs.train.options import SCRATCH, ScratchShape
-from service.jobs.train.scratch import (
-    CHAT_TEMPLATE,
-    NUMBER_FEATURES,
-    number_embedding,
-    small_qwen2_config,
-    train_tokenizer,
-)
+from service.jobs.train.scratch import CHAT_TEMPLATE, small_qwen2_config, train_tokenizer
 from service.prm.checkpoint import ARCHITECTURE, resolve_checkpoint
 from service.prm.formatting import DEFAULT_SYSTEM, STEP_SEPARATOR
 
@@ -49,12 +42,11 @@ def prepare(base: str, corpus: list[str], shape: ScratchShape, seed: int):
         path, dtype=torch.float32, use_safetensors=True, local_files_only=True, attn_implementation="sdpa"
     )
     _ensure_separator(tokenizer, model)
-    _keep_number_rows(model, tokenizer)
     return model, tokenizer
 
 
 def _from_scratch(corpus: list[str], shape: ScratchShape):
-    tokenizer = train_tokenizer(corpus, shape.vocab_size, number_tokens=shape.number_tokens)
+    tokenizer = train_tokenizer(corpus, shape.vocab_size)
     config = small_qwen2_config(
         tokenizer,
         hidden_size=shape.hidden_size,
@@ -65,38 +57,7 @@ def _from_scratch(corpus: list[str], shape: ScratchShape):
         max_position_embeddings=shape.max_length,
         attn_implementation="sdpa",
     )
-    model = Qwen2PRMForTraining(config)
-    _write_number_embeddings(model, tokenizer, shape.number_tokens)
-    _keep_number_rows(model, tokenizer)
-    return model, tokenizer
-
-
-def _write_number_embeddings(model: Qwen2PRMForTraining, tokenizer, number_tokens: int) -> None:
-    """Write each number token's value into its embedding row (`scratch.number_embedding`)."""
-    embeddings = model.model.embed_tokens.weight
-    with torch.no_grad():
-        for number in range(number_tokens):
-            embeddings[tokenizer.convert_tokens_to_ids(str(number))] = number_embedding(number, embeddings.shape[1])
-
-
-def _keep_number_rows(model: Qwen2PRMForTraining, tokenizer) -> None:
-    """Keep the embedding rows that hold their number's value out of training, from scratch or when a model
-    that has them trains on: the model computes with those values, and an optimiser step would blur the
-    clocks it reads."""
-    embeddings = model.model.embed_tokens.weight
-    if embeddings.shape[1] < NUMBER_FEATURES:
-        return
-    vocab = tokenizer.get_vocab()
-    rows = [
-        row
-        for number in range(1000)
-        if (row := vocab.get(str(number))) is not None
-        and torch.equal(embeddings[row].detach(), number_embedding(number, embeddings.shape[1]))
-    ]
-    if rows:
-        trainable = torch.ones_like(embeddings)
-        trainable[rows] = 0.0
-        embeddings.register_hook(lambda grad: grad * trainable)
+    return Qwen2PRMForTraining(config), tokenizer
 
 
 def _ensure_separator(tokenizer: PreTrainedTokenizerBase, model: Qwen2PRMForTraining) -> None:

@@ -4,8 +4,7 @@ Records are TRL's stepwise supervision (`prompt`, `completions`, `labels`), what
 writes. The conversation goes through the service's own `PRMFormatter`, so a model is trained on the
 very token sequences it is later served with. Only separator positions carry a label; the optional
 auxiliary targets (next tokens, digit checks) cover the conversation up to each step labelled right, and
-the digit check adds copies of records with one result's last digit (or, where numbers are tokens of
-their own, the whole result) replaced.
+the digit check adds copies of records with one result's last digit replaced.
 """
 
 import random
@@ -14,10 +13,11 @@ from dataclasses import dataclass
 import torch
 
 from service.jobs.inputs import InputError
-from service.jobs.synth import wrong_number
 from service.jobs.train.objective import IGNORE_INDEX
 from service.prm.errors import InputTooLong, InvalidInput
 from service.prm.formatting import EncodedItem, PRMFormatter, ScoringInput
+
+DIGITS = set("0123456789")
 
 
 class RecordError(InputError):
@@ -41,11 +41,9 @@ class Encoded:
 
 @dataclass(frozen=True)
 class DigitVocab:
-    """The token ids a digit check reads: every token that is a whole number (the ten digits at least, every
-    number below `--scratch-number-tokens` where those are tokens) with its value, and every token with an `=`."""
+    """The token ids a digit check reads: the ten one-digit tokens, in id order, and every token with an `=`."""
 
-    numbers: dict[int, int]  # token id -> its value
-    by_value: dict[int, int]  # value -> token id
+    digits: tuple[int, ...]
     equals: frozenset[int]
 
 
@@ -80,7 +78,7 @@ def encode_records(
     records: list[Labelled], formatter: PRMFormatter, digit_check: float = 0.0, seed: int = 0
 ) -> Encoded:
     """One example per record that fits; with `digit_check`, that share of them also gives a copy with one
-    result's last number token replaced (see `replace_result_digit`)."""
+    result's last digit replaced (see `replace_result_digit`)."""
     rng = random.Random(seed)
     vocab = digit_vocab(formatter.tokenizer) if digit_check else None
     examples, too_long, copies = [], 0, 0
@@ -104,14 +102,12 @@ def encode_records(
 
 
 def digit_vocab(tokenizer) -> DigitVocab:
-    """All ten digits must be tokens of their own: a digit check replaces one number token by another."""
+    """All ten digits must be tokens of their own: a digit check replaces one token by another."""
     texts = [tokenizer.decode([token_id]) for token_id in range(len(tokenizer))]
-    numbers = {token_id: int(text) for token_id, text in enumerate(texts) if text.isascii() and text.isdigit()}
-    numbers = {token_id: value for token_id, value in numbers.items() if str(value) == texts[token_id]}
-    by_value = {value: token_id for token_id, value in numbers.items()}
-    if not set(range(10)) <= by_value.keys():
+    digits = tuple(token_id for token_id, text in enumerate(texts) if text in DIGITS)
+    if {texts[token_id] for token_id in digits} != DIGITS:
         raise RecordError("--digit-check needs a tokenizer with one token for each digit")
-    return DigitVocab(numbers, by_value, frozenset(token_id for token_id, text in enumerate(texts) if "=" in text))
+    return DigitVocab(digits, frozenset(token_id for token_id, text in enumerate(texts) if "=" in text))
 
 
 def _step_spans(
@@ -149,13 +145,12 @@ def _labelled(input_ids: list[int], spans, labels: list[bool], check: bool) -> E
 def replace_result_digit(
     example: Example, spans, labels: list[bool], vocab: DigitVocab, rng: random.Random
 ) -> Example | None:
-    """ELECTRA's replaced-token detection, aimed where a wrong calculation writes: the last number token of
-    one result (a number after an `=`) in a step before the first wrong one is replaced by a plausible wrong
-    one, which makes that step wrong: another last digit where digits are tokens, a whole result wrong in
-    any digit (`synth.wrong_number`) where numbers are. The copy's digit-check targets say 0 from the
-    replaced token to the step's separator, where the step is labelled wrong; its next-token targets end at
-    the replaced token (which they still give as the original), and nothing after the separator is in any
-    loss. None when no step before the first wrong one has a result."""
+    """ELECTRA's replaced-token detection, aimed where a wrong calculation writes: the last digit of one
+    result (a number after an `=`) in a step before the first wrong one is replaced by another digit, which
+    makes that step wrong. The copy's digit-check targets say 0 from the replaced digit to the step's
+    separator, where the step is labelled wrong; its next-token targets end at the replaced digit (which
+    they still give as the original), and nothing after the separator is in any loss. None when no step
+    before the first wrong one has a result."""
     right_prefix = spans[: labels.index(False)] if False in labels else spans
     candidates = [
         (position, separator)
@@ -166,8 +161,9 @@ def replace_result_digit(
     if not candidates:
         return None
     position, separator = rng.choice(candidates)
+    original = example.input_ids[position]
     input_ids = list(example.input_ids)
-    input_ids[position] = _wrong_token(vocab, vocab.numbers[input_ids[position]], rng)
+    input_ids[position] = rng.choice([token for token in vocab.digits if token != original])
     token_labels = example.labels[: separator + 1] + [IGNORE_INDEX] * (len(input_ids) - separator - 1)
     token_labels[separator] = 0
     lm_labels = example.lm_labels[: position + 1] + [IGNORE_INDEX] * (len(input_ids) - position - 1)
@@ -175,20 +171,12 @@ def replace_result_digit(
     return Example(input_ids, token_labels, lm_labels, example.check_labels[:position] + wrong_from_here)
 
 
-def _wrong_token(vocab: DigitVocab, value: int, rng: random.Random) -> int:
-    """The token of a plausible wrong value that is one token, else of another digit."""
-    for _ in range(20):
-        if (token := vocab.by_value.get(wrong_number(rng, value))) is not None:
-            return token
-    return vocab.by_value[rng.choice([digit for digit in range(10) if digit != value])]
-
-
 def _ends_a_result(input_ids: list[int], start: int, position: int, vocab: DigitVocab) -> bool:
-    """Whether `position` holds the last number token of a number that follows an `=` of the step starting at
-    `start`: where a wrong calculation writes."""
+    """Whether `position` holds the last digit of a number that follows an `=` of the step starting at `start`:
+    the digit a wrong calculation changes (its errors are mostly small)."""
     return (
-        input_ids[position] in vocab.numbers
-        and input_ids[position + 1] not in vocab.numbers
+        input_ids[position] in vocab.digits
+        and input_ids[position + 1] not in vocab.digits
         and any(token in vocab.equals for token in input_ids[start:position])
     )
 

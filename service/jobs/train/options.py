@@ -23,7 +23,6 @@ class ScratchShape:
     intermediate_size: int = 192
     vocab_size: int = 512
     max_length: int = 1024
-    number_tokens: int = 0  # whole numbers below this are tokens with fixed numeric embeddings; 0: digits
 
 
 @dataclass

@@ -3,18 +3,9 @@
 The tokenizer is a byte-level BPE like Qwen's (digits split one by one) with the ChatML special tokens,
 the `<extra_0>` step separator and Qwen2.5-Math's chat template, so a scratch model is served, formatted
 and loaded (by `prm serve` and vLLM) exactly as the real checkpoint is.
-
-With `number_tokens`, every whole number below it is one token (longer numbers split into such tokens
-from the left, as Qwen's own tokenizer groups digits), and `number_embeddings` writes each one's value
-into its embedding row: its digits, its residues on three clocks (mod 10, 100, 1000) and its size. A sum
-is then a rotation of clocks and a product a sum of logarithms, which a tiny model learns to check in
-minutes where it cannot learn carries digit by digit (README, the demo PRM).
 """
 
-import math
-
-import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config
 
 from service.prm.formatting import DEFAULT_SYSTEM, STEP_SEPARATOR
@@ -37,11 +28,8 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(
-    corpus: list[str], vocab_size: int = 512, step_separator: bool = True, number_tokens: int = 0
-) -> PreTrainedTokenizerFast:
-    """A byte-level BPE like Qwen's (digits split one by one) with the ChatML and (optionally) step tokens;
-    with `number_tokens`, the numbers below it are tokens of their own, matched longest first."""
+def train_tokenizer(corpus: list[str], vocab_size: int = 512, step_separator: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level BPE like Qwen's (digits split one by one) with the ChatML and (optionally) step tokens."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
@@ -54,7 +42,6 @@ def train_tokenizer(
         show_progress=False,
     )
     tokenizer.train_from_iterator(corpus, trainer)
-    tokenizer.add_tokens([AddedToken(str(number), normalized=False) for number in range(number_tokens)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
@@ -95,23 +82,3 @@ def small_qwen2_config(
 def padded_vocab_size(tokenizer: PreTrainedTokenizerFast, multiple: int = 64) -> int:
     """Embedding rows for `tokenizer`: as in the real checkpoint, spare rows past its ids, rounded up."""
     return -(-(len(tokenizer) + 1) // multiple) * multiple
-
-
-NUMBER_FEATURES = 43  # the leading dimensions of a number token's embedding that `number_embedding` fills
-
-
-def number_embedding(value: int, hidden_size: int) -> torch.Tensor:
-    """The fixed embedding of whole number `value` (< 1000): its three digits one-hot, its angle on clocks of
-    10, 100 and 1000, its logarithm and size, how many digits it has, and a number flag; zeros after that."""
-    if hidden_size < NUMBER_FEATURES:
-        raise ValueError(f"number embeddings need a hidden size of at least {NUMBER_FEATURES}")
-    features = torch.zeros(hidden_size)
-    for place in range(3):
-        features[10 * place + value // 10**place % 10] = 1.0
-    for clock, period in enumerate((10, 100, 1000)):
-        angle = 2 * math.pi * value / period
-        features[30 + 2 * clock], features[31 + 2 * clock] = math.cos(angle), math.sin(angle)
-    features[36], features[37] = math.log1p(value) / math.log(1000), value / 1000
-    features[38], features[39], features[40] = value >= 10, value >= 100, 1.0
-    features[41], features[42] = value % 2, value % 5 == 0
-    return features
