@@ -71,6 +71,22 @@ def test_a_longer_solution_reuses_everything_up_to_the_previous_last_separator(p
     assert cache.entries == 1  # the longer one holds all the shorter one did: a walk keeps one entry, not K
 
 
+def test_what_a_conversation_keeps_is_up_to_its_last_separator_and_only_beyond_its_hit(prm, walks):
+    cache = cache_for(prm)
+    shorter, longer = prm.formatter.encode(walks[1]), prm.formatter.encode(walks[2])  # steps[:2], steps[:3]
+    kept = shorter.separator_positions[-1] + 1
+    assert cache.keep_length(shorter.input_ids, shorter.separator_positions) == kept  # not the template's end
+    PackedScorer(prm, cache=cache).score([shorter])
+    repeat, continuation = cache.lookup(shorter.input_ids), cache.lookup(longer.input_ids)
+    assert repeat.length == continuation.length == kept
+    assert cache.keep_length(shorter.input_ids, shorter.separator_positions, repeat) == 0  # the hit holds it all
+    longer_kept = longer.separator_positions[-1] + 1
+    assert cache.keep_length(longer.input_ids, longer.separator_positions, continuation) == longer_kept
+    short_cache = PrefixCache(2**20, prm.formatter.boundary_ids, kept + 1)
+    assert short_cache.keep_length(shorter.input_ids, shorter.separator_positions) == 0  # under min_length
+    assert cache.keep_length(shorter.input_ids[:kept], shorter.separator_positions) == 0  # nothing after it
+
+
 def test_cache_hits_mix_with_in_batch_sharing(prm, walks, processbench_items):
     cache = cache_for(prm)
     scorer = PackedScorer(prm, cache=cache)
